@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make demo` (main job on built-in data) and `make test`.
+# Each creates .venv on first use, installs the CPU torch wheel FIRST (a bare `torch` requirement
+# would otherwise pull GBs of CUDA wheels), then rtseg itself.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.rtseg-installed
+
+.PHONY: demo test test-all lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rtseg demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rtseg tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,17 @@
+"""rtseg: real-time semantic segmentation (ENet, ERFNet, ESSNet, WSPD-Net) — train, measure, deploy."""
+
+from rtseg.checkpoint import load_model, save_model
+from rtseg.models import SegmentationModel, create_model, list_models, model_info, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SegmentationModel",
+    "create_model",
+    "list_models",
+    "load_model",
+    "model_info",
+    "register_model",
+    "save_model",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Subcommand modules of the ``rtseg`` CLI (see rtseg.cli)."""

@@ -1,0 +1,118 @@
+"""rtseg checkpoints: weights plus everything needed to rebuild the model that made them.
+
+File layout (a plain dict, loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "rtseg-checkpoint", "version": 1,
+     "model": "enet", "model_kwargs": {"num_classes": 12, ...},
+     "state_dict": {...},
+     "meta": {"class_names": [...], "input": {"range": [0, 1], "order": "RGB", ...}, ...}}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from rtseg._io import atomic_torch_save
+from rtseg.models._registry import create_model, model_info
+
+__all__ = ["save_model", "load_model", "load_checkpoint", "CheckpointError", "FORMAT"]
+
+FORMAT = "rtseg-checkpoint"
+VERSION = 1
+
+#: the input convention every rtseg model follows (normalisation, if any, is inside the model)
+INPUT_CONVENTION = {"layout": "BCHW", "order": "RGB", "dtype": "float32", "range": [0.0, 1.0]}
+
+
+class CheckpointError(ValueError):
+    """A file is missing, unreadable, or not an rtseg checkpoint."""
+
+
+def _plain(obj: Any) -> Any:
+    # weights_only loading accepts only primitive containers: turn tuples/paths into lists/strings.
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint metadata must be plain data, got {type(obj).__name__}: {obj!r}")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write ``model`` to ``path`` atomically with its registry name, kwargs and ``meta``.
+
+    ``meta`` is free-form plain data; ``class_names`` (list of str) is recorded when given and the
+    input convention is always recorded. The model must come from :func:`rtseg.create_model`.
+    """
+    name = getattr(model, "rtseg_name", None)
+    kwargs = getattr(model, "rtseg_kwargs", None)
+    if name is None or kwargs is None:
+        raise ValueError("save_model needs a model built by rtseg.create_model (it records name and kwargs)")
+    class_names = meta.pop("class_names", None)
+    if class_names is not None and len(class_names) != kwargs.get("num_classes", len(class_names)):
+        raise ValueError(f"{len(class_names)} class names given for a model with {kwargs['num_classes']} classes")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": name,
+        "model_kwargs": _plain(kwargs),
+        "state_dict": state,
+        "meta": _plain({"class_names": class_names, "input": INPUT_CONVENTION, **meta}),
+    }
+    path = Path(path)
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate an rtseg checkpoint dict (safe: ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = ""
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            hint = "; it looks like a bare state_dict: convert it with `rtseg convert --source ...`"
+        raise CheckpointError(f"{path}: not an rtseg checkpoint{hint}")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is newer than this rtseg ({VERSION})")
+    return ckpt
+
+
+def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model stored in an rtseg checkpoint, in eval mode, with ``model.rtseg_meta`` set."""
+    path = Path(path_or_name)
+    if not path.exists():
+        from rtseg.hub import resolve_weights  # shipped weights by name, e.g. "enet_camvid"
+
+        path = resolve_weights(str(path_or_name))
+    ckpt = load_checkpoint(path)
+    try:
+        model_info(ckpt["model"])
+    except KeyError as e:
+        raise CheckpointError(f"{path}: {e.args[0]}") from None
+    model = create_model(ckpt["model"], **ckpt["model_kwargs"])
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit model {ckpt['model']!r} "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    model.rtseg_meta = ckpt.get("meta", {})
+    return model.to(map_location).eval()
