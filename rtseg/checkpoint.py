@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 
 from rtseg._io import atomic_torch_save
-from rtseg.models._registry import create_model, model_info
 
 __all__ = ["save_model", "load_model", "load_checkpoint", "CheckpointError", "FORMAT"]
 
@@ -102,6 +101,9 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
 
         path = resolve_weights(str(path_or_name))
     ckpt = load_checkpoint(path)
+    # imported here: rtseg.models imports the families, whose converters import this module
+    from rtseg.models._registry import create_model, model_info
+
     try:
         model_info(ckpt["model"])
     except KeyError as e:
