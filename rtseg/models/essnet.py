@@ -70,16 +70,17 @@ def _adaptive_avg_pool_exportable(x: torch.Tensor, bins: int) -> torch.Tensor:
 class PyramidPooling(nn.Module):
     """PSPNet-style pyramid pooling (§4.2): ``B x C x H x W`` -> ``B x (C + len(bins)*branch_ch) x H x W``.
 
-    Each level: adaptive average pool to ``b x b`` -> 1x1 conv (no bias) -> BN -> ReLU -> bilinear back to
-    ``H x W``; the levels are concatenated with the input (128 + 4*32 = 256 channels for ESSNet).
+    Each level: adaptive average pool to ``b x b`` -> 1x1 conv -> ReLU -> bilinear back to ``H x W``; the
+    levels are concatenated with the input (128 + 4*32 = 256 channels for ESSNet). Unlike PSPNet there is no
+    BatchNorm on the pooled levels: on the 1x1 level it sees one value per channel and sample, which fails
+    (batch of 1) or is noisy (small batches) in training; the x4 block after the concat normalises anyway.
     """
 
     def __init__(self, in_ch: int, branch_ch: int = 32, bins: Sequence[int] = (1, 2, 3, 6)) -> None:
         super().__init__()
         self.bins = tuple(int(b) for b in bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1, bias=False), nn.BatchNorm2d(branch_ch, eps=BN_EPS),
-                          nn.ReLU(inplace=True))
+            nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1, bias=True), nn.ReLU(inplace=True))
             for _ in self.bins
         )
         self.out_channels = in_ch + len(self.bins) * branch_ch
