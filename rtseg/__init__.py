@@ -1,6 +1,7 @@
 """rtseg: real-time semantic segmentation (ENet, ERFNet, ESSNet, WSPD-Net) — train, measure, deploy."""
 
 from rtseg.checkpoint import load_model, save_model
+from rtseg.evaluate import evaluate  # shadows the module name; `from rtseg.evaluate import ...` works
 from rtseg.models import SegmentationModel, create_model, list_models, model_info, register_model
 
 __version__ = "0.1.0"
@@ -8,6 +9,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SegmentationModel",
     "create_model",
+    "evaluate",
     "list_models",
     "load_model",
     "model_info",

@@ -15,6 +15,7 @@ import sys
 #: subcommand modules, in the order they appear in ``rtseg --help``
 COMMAND_MODULES = [
     "rtseg._cli.models",
+    "rtseg._cli.eval",
 ]
 
 
