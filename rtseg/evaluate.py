@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from rtseg.data.base import SegDataset
 
@@ -98,7 +98,11 @@ def evaluate(
 
         weights = str(model_or_weights)
         model = load_model(model_or_weights, map_location=dev)
-    ds = dataset if isinstance(dataset, SegDataset) else build_dataset(dataset, root=root, split=split, **dataset_kw)
+    ds = (
+        dataset
+        if isinstance(dataset, SegDataset)
+        else build_dataset(dataset, root=root, split=split, **dataset_kw)
+    )
     n_model = getattr(model, "num_classes", None)
     if isinstance(n_model, int) and n_model < ds.num_classes:
         raise ValueError(f"model predicts {n_model} classes but dataset {ds.name!r} has {ds.num_classes}")
@@ -113,7 +117,11 @@ def evaluate(
     if n < 1:
         raise ValueError(f"nothing to evaluate: dataset {ds.name!r} split {ds.split!r} has {len(ds)} images")
     loader = torch.utils.data.DataLoader(
-        _Indexed(ds, n, is_cs), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
+        _Indexed(ds, n, is_cs),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
     )
     was_training = model.training
     model.to(dev).eval()

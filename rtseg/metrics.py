@@ -17,8 +17,9 @@ Conventions (documented in docs/data.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,14 +28,14 @@ import torch.nn.functional as F
 from rtseg.data.base import IGNORE_INDEX
 
 __all__ = [
-    "confusion_matrix",
-    "SegMetrics",
     "CityscapesMetrics",
+    "SegMetrics",
+    "confusion_matrix",
     "format_table",
-    "to_jsonable",
     "plot_confusion",
     "plot_per_class_iou",
     "save_plots",
+    "to_jsonable",
 ]
 
 
@@ -54,7 +55,9 @@ def confusion_matrix(
     ``ignore_index`` are skipped; any other target id outside the class set is a ``ValueError``.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}"
+        )
     c = num_classes
     target = target.to(pred.device)
     valid = target != ignore_index
@@ -120,7 +123,9 @@ class SegMetrics:
         if target.dim() == 2:
             target = target[None]
         if target.dim() != 3 or target.is_floating_point():
-            raise ValueError(f"target must be integer labels B x H x W, got {tuple(target.shape)} {target.dtype}")
+            raise ValueError(
+                f"target must be integer labels B x H x W, got {tuple(target.shape)} {target.dtype}"
+            )
         if pred.is_floating_point():
             if pred.dim() == 3:
                 pred = pred[None]
@@ -130,7 +135,9 @@ class SegMetrics:
                     f"got {tuple(pred.shape)}"
                 )
             if pred.shape[-2:] != target.shape[-2:]:
-                pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+                pred = F.interpolate(
+                    pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False
+                )
             pred = pred.argmax(1)
         elif pred.dim() == 2:
             pred = pred[None]
@@ -152,7 +159,7 @@ class SegMetrics:
     def _reduce_tensors(self) -> list[torch.Tensor]:
         return [self._conf]  # type: ignore[list-item]
 
-    def all_reduce(self, group: Any = None) -> "SegMetrics":
+    def all_reduce(self, group: Any = None) -> SegMetrics:
         """Sum the counts over all ``torch.distributed`` ranks in ``group`` (no-op when not distributed).
 
         Every rank must call it (a collective). Afterwards each rank's :meth:`compute` gives the
@@ -276,7 +283,9 @@ class CityscapesMetrics(SegMetrics):
         if inst.dim() == 2:
             inst = inst[None]
         if inst.shape != p.shape:
-            raise ValueError(f"instance map shape {tuple(inst.shape)} differs from prediction {tuple(p.shape)}")
+            raise ValueError(
+                f"instance map shape {tuple(inst.shape)} differs from prediction {tuple(p.shape)}"
+            )
         lut = self._inst_lut.to(dev)
         lid = torch.div(inst, 1000, rounding_mode="floor")
         m = (inst > 1000) & (lid < len(lut))
@@ -312,7 +321,7 @@ class CityscapesMetrics(SegMetrics):
         conf = self.confusion.detach().cpu().double().numpy()
         c = self.num_classes
         sq = conf[:, :c]
-        inst = (self._inst if self._inst is not None else torch.zeros(4, max(c, len(meta.categories))))
+        inst = self._inst if self._inst is not None else torch.zeros(4, max(c, len(meta.categories)))
         inst = inst.detach().cpu().numpy()
 
         cat_iou, cat_fp = {}, {}
@@ -460,4 +469,7 @@ def plot_per_class_iou(results: dict[str, Any], path: str | Path) -> Path:
 def save_plots(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``confusion.png`` and ``per_class_iou.png`` into ``out_dir``."""
     out = Path(out_dir)
-    return [plot_confusion(results, out / "confusion.png"), plot_per_class_iou(results, out / "per_class_iou.png")]
+    return [
+        plot_confusion(results, out / "confusion.png"),
+        plot_per_class_iou(results, out / "per_class_iou.png"),
+    ]

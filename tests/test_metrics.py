@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from rtseg.data.base import IGNORE_INDEX, SegDataset
-from rtseg.metrics import SegMetrics, confusion_matrix, format_table, to_jsonable
-
+from rtseg.metrics import SegMetrics, format_table, to_jsonable
 
 # ---------------------------------------------------------------------------------------------
 # SegMetrics
@@ -135,7 +134,12 @@ def test_table_and_plots(tmp_path):
     m.update(torch.tensor([[[0, 1, 2, 2]]]), torch.tensor([[[0, 1, 1, 255]]]))
     r = m.compute()
     table = format_table(r, title="demo")
-    assert "road" in table and "100.00" in table and " 50.00" in table and "n/a" not in table.split("mean")[0][:0]
+    assert (
+        "road" in table
+        and "100.00" in table
+        and " 50.00" in table
+        and "n/a" not in table.split("mean")[0][:0]
+    )
     pytest.importorskip("matplotlib")
     from rtseg.metrics import save_plots
 
@@ -216,7 +220,9 @@ def _write_fake_cityscapes(root: Path, n: int = 3, h: int = 48, w: int = 96, see
             d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(lbl).save(gdir / f"{stem}_gtFine_labelIds.png")
         Image.fromarray(inst.astype(np.uint16)).save(gdir / f"{stem}_gtFine_instanceIds.png")
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(idir / f"{stem}_leftImg8bit.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            idir / f"{stem}_leftImg8bit.png"
+        )
         Image.fromarray(pred_label.astype(np.uint8)).save(pdir / f"{stem}_pred.png")
         preds_official.append(str(pdir / f"{stem}_pred.png"))
         gts.append(str(gdir / f"{stem}_gtFine_labelIds.png"))
@@ -234,8 +240,15 @@ def test_cityscapes_metrics_match_official_script(tmp_path, monkeypatch):
 
     # cityscapesscripts 2.3 calls np.in1d, which numpy 2.4 removed; np.isin(...).ravel() is identical
     if not hasattr(np, "in1d"):
-        monkeypatch.setattr(np, "in1d", lambda a, b, invert=False: np.isin(a, b, invert=invert).ravel(), raising=False)
-    for k, v in dict(quiet=True, JSONOutput=False, evalInstLevelScore=True, evalPixelAccuracy=False).items():
+        monkeypatch.setattr(
+            np, "in1d", lambda a, b, invert=False: np.isin(a, b, invert=invert).ravel(), raising=False
+        )
+    for k, v in {
+        "quiet": True,
+        "JSONOutput": False,
+        "evalInstLevelScore": True,
+        "evalPixelAccuracy": False,
+    }.items():
         monkeypatch.setattr(ev.args, k, v)
 
     preds_official, gts, preds_train = _write_fake_cityscapes(tmp_path)
@@ -248,7 +261,9 @@ def test_cityscapes_metrics_match_official_script(tmp_path, monkeypatch):
     for i in range(len(ds)):
         _, label = ds[i]
         j = order[str(ds.files[i][1])]
-        m.update(torch.from_numpy(preds_train[j])[None], torch.from_numpy(label)[None], ds.load_instances(i)[None])
+        m.update(
+            torch.from_numpy(preds_train[j])[None], torch.from_numpy(label)[None], ds.load_instances(i)[None]
+        )
     r = m.compute()
 
     def close(a, b):
@@ -258,7 +273,9 @@ def test_cityscapes_metrics_match_official_script(tmp_path, monkeypatch):
         assert close(v, official["classScores"][name]), (name, v, official["classScores"][name])
     for name, v in r["per_class_iiou"].items():
         assert close(v, official["classInstScores"][name]), (name, v, official["classInstScores"][name])
-    assert set(r["per_class_iiou"]) == {n for n, s in official["classInstScores"].items() if not math.isnan(s)}
+    assert set(r["per_class_iiou"]) == {
+        n for n, s in official["classInstScores"].items() if not math.isnan(s)
+    }
     for cat, v in r["per_category_iou"].items():
         assert close(v, official["categoryScores"][cat]), cat
     for cat, v in r["per_category_iiou"].items():

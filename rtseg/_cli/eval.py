@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         progress=not args.quiet,
     )
-    title = f"{res['model']} on {res['dataset']}/{res['split']} ({res['num_images']} images, native resolution)"
+    title = (
+        f"{res['model']} on {res['dataset']}/{res['split']} ({res['num_images']} images, native resolution)"
+    )
     print(format_table(res, title=title))
     print(f"mIoU {100 * res['miou']:.2f}  ({res['images_per_s']} img/s on {res['device']})")
     if args.json_out:

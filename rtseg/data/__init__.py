@@ -10,16 +10,15 @@ from rtseg.data.synthetic import SyntheticStreet
 
 __all__ = [
     "IGNORE_INDEX",
-    "SegDataset",
-    "FileSegDataset",
+    "SUNRGBD",
     "CamVid",
     "Cityscapes",
+    "FileSegDataset",
     "FolderDataset",
-    "SUNRGBD",
+    "SegDataset",
     "SyntheticStreet",
     "build_dataset",
+    "cache_dir",
     "class_frequencies",
     "list_datasets",
-    "cache_dir",
 ]
-

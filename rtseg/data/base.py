@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 __all__ = [
     "IGNORE_INDEX",
-    "SegDataset",
     "FileSegDataset",
+    "SegDataset",
+    "apply_lut",
     "cache_dir",
+    "default_palette",
+    "make_lut",
     "read_image",
     "read_label",
-    "make_lut",
-    "apply_lut",
-    "default_palette",
 ]
 
 #: every dataset maps its void/unlabelled ids to this value; losses and metrics ignore it
@@ -236,7 +236,7 @@ class FileSegDataset(SegDataset):
                 np.save(f, arr)
         return image, label
 
-    def preload(self, progress: bool = False) -> "FileSegDataset":
+    def preload(self, progress: bool = False) -> FileSegDataset:
         """Decode every sample now (into memory or the disk cache); returns ``self``."""
         if self.cache is None:
             self.cache = "memory"

@@ -21,7 +21,7 @@ import numpy as np
 
 from rtseg.data.base import IGNORE_INDEX, FileSegDataset, apply_lut, make_lut
 
-__all__ = ["CamVid", "CAMVID_CLASSES", "CAMVID_PALETTE"]
+__all__ = ["CAMVID_CLASSES", "CAMVID_PALETTE", "CamVid"]
 
 CAMVID_CLASSES = (
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
@@ -72,7 +72,9 @@ def camvid_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
         return pairs
     img_dir, ann_dir = root / split, root / f"{split}annot"
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"{txt}: no such file, and no folder {img_dir} to list (CamVid split {split!r})")
+        raise FileNotFoundError(
+            f"{txt}: no such file, and no folder {img_dir} to list (CamVid split {split!r})"
+        )
     if not ann_dir.is_dir():
         raise FileNotFoundError(f"{ann_dir}: label folder of CamVid split {split!r} is missing")
     pairs = []

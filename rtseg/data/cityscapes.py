@@ -66,9 +66,7 @@ def cityscapes_meta() -> CityscapesMeta:
             cats.append(lb.category)
     # A category takes part in iIoU when every labelled member has instances (the official rule).
     inst_cats = tuple(
-        c
-        for c in cats
-        if all(lb.hasInstances for lb in labels.category2labels[c] if lb.id >= 0)
+        c for c in cats if all(lb.hasInstances for lb in labels.category2labels[c] if lb.id >= 0)
     )
     from cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling import args as _official
 
@@ -139,5 +137,7 @@ class Cityscapes(FileSegDataset):
         with Image.open(lbl_path) as im:
             w, h = im.size
         if inst.shape != (h, w):
-            raise ValueError(f"{path}: instance map size {inst.shape[1]}x{inst.shape[0]} differs from {lbl_path}")
+            raise ValueError(
+                f"{path}: instance map size {inst.shape[1]}x{inst.shape[0]} differs from {lbl_path}"
+            )
         return inst

@@ -30,9 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from rtseg.data.base import IGNORE_INDEX, FileSegDataset, apply_lut, default_palette, make_lut, read_image, read_label
+from rtseg.data.base import (
+    IGNORE_INDEX,
+    FileSegDataset,
+    apply_lut,
+    default_palette,
+    make_lut,
+    read_image,
+    read_label,
+)
 
-__all__ = ["FolderDataset", "read_class_list", "VOID_NAMES"]
+__all__ = ["VOID_NAMES", "FolderDataset", "read_class_list"]
 
 VOID_NAMES = ("void", "ignore", "unlabeled", "unlabelled")
 _IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -55,7 +63,7 @@ def read_class_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int, 
             if isinstance(entry, str):
                 entry = {"name": entry}
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise ValueError(f"{path}: class #{n} must be a name or {{'name': ..., 'color': [r, g, b]}}")
+                raise ValueError(f"{path}: class #{n} must be a name or {{'name': ..., 'color': [r, g, b]}}")  # noqa: TRY004  (malformed file content)
             out.append((entry["name"], _color(entry.get("color"), f"{path}: class {entry['name']!r}")))
         return out
     out = []
@@ -161,7 +169,9 @@ class FolderDataset(FileSegDataset):
             if (root / split_name / "images").is_dir():
                 img_dir, mask_dir = root / split_name / "images", root / split_name / "masks"
             elif (root / f"{split_name}.txt").is_file():
-                stems = [s.strip() for s in (root / f"{split_name}.txt").read_text().splitlines() if s.strip()]
+                stems = [
+                    s.strip() for s in (root / f"{split_name}.txt").read_text().splitlines() if s.strip()
+                ]
             else:
                 raise FileNotFoundError(
                     f"{root / split_name / 'images'}: split {split_name!r} not found "
@@ -192,7 +202,9 @@ class FolderDataset(FileSegDataset):
         if raw.ndim == 2:
             return apply_lut(raw, self._lut, path)
         if not len(self._codes):
-            raise ValueError(f"{path}: colour mask, but {self.classes_file} does not give every class a colour")
+            raise ValueError(
+                f"{path}: colour mask, but {self.classes_file} does not give every class a colour"
+            )
         code = (raw[..., 0].astype(np.int64) << 16) | (raw[..., 1].astype(np.int64) << 8) | raw[..., 2]
         pos = np.searchsorted(self._codes, code).clip(0, len(self._codes) - 1)
         ok = self._codes[pos] == code

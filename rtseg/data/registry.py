@@ -5,14 +5,15 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from rtseg.data.base import SegDataset, cache_dir
 
-__all__ = ["build_dataset", "list_datasets", "class_frequencies", "DATASETS"]
+__all__ = ["DATASETS", "build_dataset", "class_frequencies", "list_datasets"]
 
 
 def _camvid(**kw: Any) -> SegDataset:
@@ -60,7 +61,9 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def build_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train", **kw: Any) -> SegDataset:
+def build_dataset(
+    name: str, root: str | os.PathLike | None = None, split: str = "train", **kw: Any
+) -> SegDataset:
     """Build dataset ``name`` (``camvid``, ``cityscapes``, ``sunrgbd``, ``folder``, ``synthetic``).
 
     ``root`` defaults to ``$RTSEG_DATA/<name>`` when ``RTSEG_DATA`` is set; datasets that read
@@ -76,7 +79,9 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
     if root is None and needs_root:
         env = os.environ.get("RTSEG_DATA")
         if not env:
-            raise ValueError(f"dataset {key!r} needs root=<folder> (or set RTSEG_DATA to a folder holding {key}/)")
+            raise ValueError(
+                f"dataset {key!r} needs root=<folder> (or set RTSEG_DATA to a folder holding {key}/)"
+            )
         root = Path(env) / key
     return builder(root=root, split=split, **kw)
 

@@ -22,12 +22,20 @@ import numpy as np
 
 from rtseg.data.base import IGNORE_INDEX, SegDataset
 
-__all__ = ["SyntheticStreet", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE"]
+__all__ = ["SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "SyntheticStreet"]
 
 SYNTHETIC_CLASSES = ("sky", "building", "pole", "road", "sidewalk", "car", "pedestrian")
 #: Cityscapes colours of the same classes, so visualisations look familiar
 SYNTHETIC_PALETTE = np.array(
-    [(70, 130, 180), (70, 70, 70), (153, 153, 153), (128, 64, 128), (244, 35, 232), (0, 0, 142), (220, 20, 60)],
+    [
+        (70, 130, 180),
+        (70, 70, 70),
+        (153, 153, 153),
+        (128, 64, 128),
+        (244, 35, 232),
+        (0, 0, 142),
+        (220, 20, 60),
+    ],
     np.uint8,
 )
 SKY, BUILDING, POLE, ROAD, SIDEWALK, CAR, PEDESTRIAN = range(7)
@@ -49,9 +57,11 @@ class _Canvas:
         self.img = np.empty((h, w, 3), np.float32)
         self.lbl = np.empty((h, w), np.uint8)
 
-    def rect(self, y0: float, y1: float, x0: float, x1: float, color, cls: int | None) -> tuple[slice, slice] | None:
-        ya, yb = max(int(round(y0)), 0), min(int(round(y1)), self.h)
-        xa, xb = max(int(round(x0)), 0), min(int(round(x1)), self.w)
+    def rect(
+        self, y0: float, y1: float, x0: float, x1: float, color, cls: int | None
+    ) -> tuple[slice, slice] | None:
+        ya, yb = max(round(y0), 0), min(round(y1), self.h)
+        xa, xb = max(round(x0), 0), min(round(x1), self.w)
         if ya >= yb or xa >= xb:
             return None
         self.img[ya:yb, xa:xb] = color
@@ -112,7 +122,9 @@ class SyntheticStreet(SegDataset):
         return self.length
 
     def cache_key(self) -> str:
-        text = f"{self.seed}|{self.split}|{self.size}|{self.length}|{self.void}|{Path(__file__).stat().st_size}"
+        text = (
+            f"{self.seed}|{self.split}|{self.size}|{self.length}|{self.void}|{Path(__file__).stat().st_size}"
+        )
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     # -- scene ---------------------------------------------------------------------------------
@@ -125,8 +137,11 @@ class SyntheticStreet(SegDataset):
         vx = w * rng.uniform(0.35, 0.65)  # vanishing point column
 
         # sky: vertical gradient between two blues (or an overcast grey)
-        top, bottom = (np.array([60, 110, 200]), np.array([170, 200, 235])) if rng.random() < 0.7 else (
-            np.array([150, 155, 165]), np.array([205, 208, 212]))
+        top, bottom = (
+            (np.array([60, 110, 200]), np.array([170, 200, 235]))
+            if rng.random() < 0.7
+            else (np.array([150, 155, 165]), np.array([205, 208, 212]))
+        )
         top = top + rng.uniform(-20, 20, 3)
         t = np.linspace(0.0, 1.0, max(hz, 1), dtype=np.float32)[:, None, None]
         cv.img[:hz] = (1 - t) * top + t * bottom
@@ -161,7 +176,9 @@ class SyntheticStreet(SegDataset):
         # one small "kind" map, then a single gather for colours and labels (boolean-mask writes
         # into the 3-channel image cost ~1 ms each and would dominate the budget)
         tile = (np.arange(gh)[:, None] // max(3, gh // 14)) % 2 == 0
-        dash = (dx < np.maximum(rows * 4.0, 1.0)[:, None]) & (((np.arange(gh) * 7) // max(gh, 1)) % 2 == 0)[:, None]
+        dash = (dx < np.maximum(rows * 4.0, 1.0)[:, None]) & (((np.arange(gh) * 7) // max(gh, 1)) % 2 == 0)[
+            :, None
+        ]
         kind = road * np.where(dash, 4, 1).astype(np.uint8) + walk * np.where(tile, 3, 2).astype(np.uint8)
         road_c = rng.uniform(70, 100) + rng.uniform(-6, 6, 3)
         walk_c = np.array([175, 160, 165]) + rng.uniform(-20, 20, 3)
@@ -189,8 +206,16 @@ class SyntheticStreet(SegDataset):
                 cw = depth * w * rng.uniform(0.28, 0.4)
                 ch = cw * rng.uniform(0.45, 0.6)
                 cx = vx + rng.uniform(-0.7, 0.7) * hw
-                color = rng.choice([[200, 30, 30], [30, 60, 170], [220, 220, 220], [30, 30, 35], [210, 180, 40],
-                                    [60, 130, 70]]) + rng.uniform(-20, 20, 3)
+                color = rng.choice(
+                    [
+                        [200, 30, 30],
+                        [30, 60, 170],
+                        [220, 220, 220],
+                        [30, 30, 35],
+                        [210, 180, 40],
+                        [60, 130, 70],
+                    ]
+                ) + rng.uniform(-20, 20, 3)
                 cv.rect(yb - ch * 0.6, yb - ch * 0.1, cx - cw / 2, cx + cw / 2, color, CAR)
                 cv.rect(yb - ch, yb - ch * 0.55, cx - cw * 0.32, cx + cw * 0.32, color * 0.9, CAR)
                 cv.rect(yb - ch * 0.92, yb - ch * 0.62, cx - cw * 0.27, cx + cw * 0.27, (50, 60, 75), CAR)
@@ -201,7 +226,9 @@ class SyntheticStreet(SegDataset):
                 pw = ph * 0.28
                 cx = vx + side * (hw + rng.uniform(0.15, 0.85) * ww)
                 shirt = rng.uniform(20, 235, 3)
-                cv.rect(yb - ph * 0.45, yb, cx - pw * 0.35, cx + pw * 0.35, rng.uniform(20, 90, 3), PEDESTRIAN)
+                cv.rect(
+                    yb - ph * 0.45, yb, cx - pw * 0.35, cx + pw * 0.35, rng.uniform(20, 90, 3), PEDESTRIAN
+                )
                 cv.rect(yb - ph * 0.82, yb - ph * 0.42, cx - pw / 2, cx + pw / 2, shirt, PEDESTRIAN)
                 skin = np.array([225, 180, 150]) * rng.uniform(0.5, 1.05)
                 cv.ellipse(yb - ph * 0.9, cx, ph * 0.09, pw * 0.3, skin, PEDESTRIAN)
