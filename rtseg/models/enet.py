@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from rtseg.checkpoint import CheckpointError
 from rtseg.convert import Converted, register_converter, remap, strip_prefix
 from rtseg.models._base import SegmentationModel
 from rtseg.models._registry import create_model, register_model
 
-__all__ = ["ENet", "max_unpool2x2", "convert_enet_davidtvs"]
+__all__ = ["ENet", "convert_enet_davidtvs", "max_unpool2x2"]
 
 PAPER = "Paszke et al., ENet: A Deep Neural Network Architecture for Real-Time Semantic Segmentation, arXiv:1606.02147, 2016"
 
@@ -65,7 +65,9 @@ class ConvBNAct(nn.Sequential):
         transposed: bool = False,
     ) -> None:
         if transposed:
-            conv: nn.Module = nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+            conv: nn.Module = nn.ConvTranspose2d(
+                cin, cout, kernel, stride=stride, padding=padding, bias=False
+            )
         else:
             conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, bias=False)
         super().__init__(OrderedDict(conv=conv, bn=nn.BatchNorm2d(cout), act=_act(act)))
@@ -194,7 +196,9 @@ class UpsamplingBottleneck(nn.Module):
 class ENetStage(nn.Module):
     """One ENet stage: an optional down/upsampling bottleneck (``down`` / ``up``) then ``blocks``."""
 
-    def __init__(self, blocks: Sequence[nn.Module], down: nn.Module | None = None, up: nn.Module | None = None):
+    def __init__(
+        self, blocks: Sequence[nn.Module], down: nn.Module | None = None, up: nn.Module | None = None
+    ):
         super().__init__()
         if down is not None:
             self.down = down
@@ -249,7 +253,9 @@ class ENetEncoder(nn.Module):
             [Bottleneck(c1, dropout=p1, act=act) for _ in range(4)],
             down=DownsamplingBottleneck(c0, c1, dropout=p1, act=act),
         )
-        self.stage2 = ENetStage(_stage23_blocks(c2, p2, act), down=DownsamplingBottleneck(c1, c2, dropout=p2, act=act))
+        self.stage2 = ENetStage(
+            _stage23_blocks(c2, p2, act), down=DownsamplingBottleneck(c1, c2, dropout=p2, act=act)
+        )
         self.stage3 = ENetStage(_stage23_blocks(c2, p2, act))
         # Not in the paper's Table 1: a 1x1 classifier on the stage-3 features for encoder-only
         # (stage-one) training, the way the ENet authors trained the encoder first.
@@ -270,12 +276,15 @@ class ENetDecoder(nn.Module):
 
     def __init__(self, num_classes: int, act: str) -> None:
         super().__init__()
-        _, c1, c2, c4, c5 = WIDTHS
+        c2, c4, c5 = WIDTHS[2:]
         p = DROPOUT[1]
-        self.stage4 = ENetStage([Bottleneck(c4, dropout=p, act=act) for _ in range(2)],
-                                up=UpsamplingBottleneck(c2, c4, dropout=p, act=act))
-        self.stage5 = ENetStage([Bottleneck(c5, dropout=p, act=act)],
-                                up=UpsamplingBottleneck(c4, c5, dropout=p, act=act))
+        self.stage4 = ENetStage(
+            [Bottleneck(c4, dropout=p, act=act) for _ in range(2)],
+            up=UpsamplingBottleneck(c2, c4, dropout=p, act=act),
+        )
+        self.stage5 = ENetStage(
+            [Bottleneck(c5, dropout=p, act=act)], up=UpsamplingBottleneck(c4, c5, dropout=p, act=act)
+        )
         # 3x3 stride-2 "fullconv" without bias; output_padding=1 gives exactly 2x for even sides
         # (the port passes output_size=input_size, which is the same for the even sides we feed).
         self.head = nn.ConvTranspose2d(c5, num_classes, 3, stride=2, padding=1, output_padding=1, bias=False)
@@ -376,25 +385,25 @@ def _port_block_rest(rest: str) -> str | None:
     if m:
         return f"main.{_SEQ3[int(m[1])]}.{m[2]}"
     if rest.startswith("ext_tconv1_bnorm."):
-        return "tconv.bn." + rest[len("ext_tconv1_bnorm."):]
+        return "tconv.bn." + rest[len("ext_tconv1_bnorm.") :]
     if rest.startswith("ext_tconv1_activation."):
-        return "tconv.act." + rest[len("ext_tconv1_activation."):]
+        return "tconv.act." + rest[len("ext_tconv1_activation.") :]
     if rest.startswith("ext_tconv1."):
-        return "tconv.conv." + rest[len("ext_tconv1."):]
+        return "tconv.conv." + rest[len("ext_tconv1.") :]
     if rest.startswith("out_activation."):
-        return "act." + rest[len("out_activation."):]
+        return "act." + rest[len("out_activation.") :]
     return None
 
 
 def _davidtvs_key(key: str) -> str | None:
     if key.startswith("initial_block."):
-        rest = key[len("initial_block."):]
+        rest = key[len("initial_block.") :]
         for src, dst in (("main_branch.", "conv."), ("batch_norm.", "bn."), ("out_activation.", "act.")):
             if rest.startswith(src):
-                return "encoder.initial." + dst + rest[len(src):]
+                return "encoder.initial." + dst + rest[len(src) :]
         return None
     if key.startswith("transposed_conv."):
-        return "decoder.head." + key[len("transposed_conv."):]
+        return "decoder.head." + key[len("transposed_conv.") :]
     m = _PORT_STAGE.match(key)
     if not m:
         return None
@@ -432,7 +441,9 @@ def convert_enet_davidtvs(sd: dict[str, torch.Tensor], num_classes: int | None =
         raise CheckpointError("not a davidtvs ENet state dict: no 16 x K x 3 x 3 'transposed_conv.weight'")
     inferred = int(head.shape[1])
     if num_classes is not None and num_classes != inferred:
-        raise CheckpointError(f"--num-classes {num_classes} does not match the weights' {inferred} output channels")
+        raise CheckpointError(
+            f"--num-classes {num_classes} does not match the weights' {inferred} output channels"
+        )
     kwargs = {
         "num_classes": inferred,
         "encoder_act": "prelu" if "initial_block.out_activation.weight" in sd else "relu",
@@ -443,11 +454,15 @@ def convert_enet_davidtvs(sd: dict[str, torch.Tensor], num_classes: int | None =
     dropped = [k for k in sd if _davidtvs_key(k) is None]
     if dropped:
         raise CheckpointError(f"enet-davidtvs: keys with no rtseg counterpart: {dropped[:4]}")
-    mapped = remap(sd, _davidtvs_key, {k: v for k, v in target.items() if k not in ("mean", "std")}, "enet-davidtvs")
+    mapped = remap(
+        sd, _davidtvs_key, {k: v for k, v in target.items() if k not in ("mean", "std")}, "enet-davidtvs"
+    )
     # the port feeds ToTensor() images (pixel / 255, no mean/std): identity normalisation
     mapped["mean"], mapped["std"] = target["mean"], target["std"]
     meta = {
         "notes": "davidtvs/PyTorch-ENet weights; input RGB pixel/255 without normalisation; "
-                 "no encoder-only classifier (encoder_classifier=False)",
+        "no encoder-only classifier (encoder_classifier=False)",
     }
-    return Converted(model="enet", model_kwargs={k: v for k, v in kwargs.items()}, state_dict=mapped, meta=meta)
+    return Converted(
+        model="enet", model_kwargs=dict(kwargs), state_dict=mapped, meta=meta
+    )

@@ -10,11 +10,11 @@ Romera, Alvarez, Bergasa, Arroyo, IEEE Transactions on Intelligent Transportatio
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from rtseg.checkpoint import CheckpointError
 from rtseg.convert import Converted, register_converter, remap, strip_prefix
@@ -23,8 +23,10 @@ from rtseg.models._registry import create_model, register_model
 
 __all__ = ["ERFNet", "convert_erfnet_eromera"]
 
-PAPER = ("Romera et al., ERFNet: Efficient Residual Factorized ConvNet for Real-time Semantic Segmentation, "
-         "IEEE T-ITS 19(1):263-272, 2018")
+PAPER = (
+    "Romera et al., ERFNet: Efficient Residual Factorized ConvNet for Real-time Semantic Segmentation, "
+    "IEEE T-ITS 19(1):263-272, 2018"
+)
 
 #: BatchNorm epsilon of the authors' code (1e-3, not PyTorch's 1e-5)
 BN_EPS = 1e-3
@@ -181,15 +183,23 @@ def erfnet(num_classes: int = 19, **kwargs) -> ERFNet:
 
 # --------------------------------------------------------------------------------- converters
 
-_NB_NAMES = {"conv3x1_1": "conv_v1", "conv1x3_1": "conv_h1", "conv3x1_2": "conv_v2", "conv1x3_2": "conv_h2",
-             "bn1": "bn1", "bn2": "bn2"}
+_NB_NAMES = {
+    "conv3x1_1": "conv_v1",
+    "conv1x3_1": "conv_h1",
+    "conv3x1_2": "conv_v2",
+    "conv1x3_2": "conv_h2",
+    "bn1": "bn1",
+    "bn2": "bn2",
+}
 
 
 def _layer_index_map() -> dict[tuple[str, int], str]:
     """``("encoder", 6)`` -> ``"encoder.stage2.0"``: the authors' flat ``layers`` lists onto stages."""
     out: dict[tuple[str, int], str] = {}
-    for part, stages in (("encoder", [len(b) + 1 for _, b in ENCODER_STAGES]),
-                         ("decoder", [n + 1 for _, n in DECODER_STAGES])):
+    for part, stages in (
+        ("encoder", [len(b) + 1 for _, b in ENCODER_STAGES]),
+        ("decoder", [n + 1 for _, n in DECODER_STAGES]),
+    ):
         flat = 0
         for s, size in enumerate(stages, start=1):
             for j in range(size):
@@ -203,11 +213,11 @@ _LAYERS = _layer_index_map()
 
 def _eromera_key(key: str) -> str | None:
     if key.startswith("encoder.initial_block."):
-        return "encoder.initial." + key[len("encoder.initial_block."):]
+        return "encoder.initial." + key[len("encoder.initial_block.") :]
     if key.startswith("encoder.output_conv."):
-        return "encoder.classifier." + key[len("encoder.output_conv."):]
+        return "encoder.classifier." + key[len("encoder.output_conv.") :]
     if key.startswith("decoder.output_conv."):
-        return "decoder.head." + key[len("decoder.output_conv."):]
+        return "decoder.head." + key[len("decoder.output_conv.") :]
     m = re.match(r"^(encoder|decoder)\.layers\.(\d+)\.([A-Za-z0-9_]+)\.(.*)$", key)
     if not m or (m[1], int(m[2])) not in _LAYERS:
         return None
@@ -227,15 +237,21 @@ def convert_erfnet_eromera(sd: dict[str, torch.Tensor], num_classes: int | None 
     sd = strip_prefix(sd)
     head = sd.get("decoder.output_conv.weight")
     if head is None or head.dim() != 4 or tuple(head.shape[::2]) != (16, 2):
-        raise CheckpointError("not an Eromera ERFNet state dict: no 16 x K x 2 x 2 'decoder.output_conv.weight'")
+        raise CheckpointError(
+            "not an Eromera ERFNet state dict: no 16 x K x 2 x 2 'decoder.output_conv.weight'"
+        )
     inferred = int(head.shape[1])
     if num_classes is not None and num_classes != inferred:
-        raise CheckpointError(f"--num-classes {num_classes} does not match the weights' {inferred} output channels")
+        raise CheckpointError(
+            f"--num-classes {num_classes} does not match the weights' {inferred} output channels"
+        )
     dropped = [k for k in sd if _eromera_key(k) is None]
     if dropped:
         raise CheckpointError(f"erfnet-eromera: keys with no rtseg counterpart: {dropped[:4]}")
     target = create_model("erfnet", num_classes=inferred).state_dict()
-    mapped = remap(sd, _eromera_key, {k: v for k, v in target.items() if k not in ("mean", "std")}, "erfnet-eromera")
+    mapped = remap(
+        sd, _eromera_key, {k: v for k, v in target.items() if k not in ("mean", "std")}, "erfnet-eromera"
+    )
     # the authors' code feeds ToTensor() images (pixel / 255, no mean/std): identity normalisation
     mapped["mean"], mapped["std"] = target["mean"], target["std"]
     return Converted(
