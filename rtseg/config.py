@@ -19,18 +19,19 @@ import json
 import os
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = [
-    "TrainConfig",
     "ConfigError",
-    "load_config",
+    "TrainConfig",
     "apply_overrides",
-    "parse_overrides",
     "config_to_dict",
     "config_to_yaml",
+    "load_config",
+    "parse_overrides",
     "save_config",
 ]
 
@@ -118,14 +119,20 @@ class TrainConfig:
         need(len(self.stages) > 0, "stages: give at least one of 'encoder', 'full'")
         for s in self.stages:
             need(s in STAGES, f"stages: unknown stage {s!r}{_suggest(s, STAGES)}; choose from {STAGES}")
-        need(list(self.stages) == sorted(set(self.stages), key=STAGES.index),
-             f"stages: {self.stages} must be distinct and in the order encoder, full")
+        need(
+            list(self.stages) == sorted(set(self.stages), key=STAGES.index),
+            f"stages: {self.stages} must be distinct and in the order encoder, full",
+        )
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(self.encoder_epochs is None or self.encoder_epochs >= 1,
-             f"encoder_epochs must be >= 1, got {self.encoder_epochs}")
+        need(
+            self.encoder_epochs is None or self.encoder_epochs >= 1,
+            f"encoder_epochs must be >= 1, got {self.encoder_epochs}",
+        )
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.val_batch_size is None or self.val_batch_size >= 1,
-             f"val_batch_size must be >= 1, got {self.val_batch_size}")
+        need(
+            self.val_batch_size is None or self.val_batch_size >= 1,
+            f"val_batch_size must be >= 1, got {self.val_batch_size}",
+        )
         need(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
         need(all(v >= 1 for v in self.crop), f"crop must be positive HxW, got {self.crop}")
         need(0 < self.scale[0] <= self.scale[1], f"scale must be 0 < min <= max, got {self.scale}")
@@ -137,7 +144,9 @@ class TrainConfig:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("scheduler", self.scheduler, SCHEDULERS),
         ):
-            need(val in choices, f"{key}: unknown value {val!r}{_suggest(val, choices)}; choose from {choices}")
+            need(
+                val in choices, f"{key}: unknown value {val!r}{_suggest(val, choices)}; choose from {choices}"
+            )
         need(self.weight_c > 0, f"weight_c must be > 0, got {self.weight_c}")
         need(0 <= self.ignore_index, f"ignore_index must be >= 0, got {self.ignore_index}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -208,7 +217,11 @@ def coerce(key: str, value: Any, tp: Any = None) -> Any:
                 raise ValueError
             return value
         if origin is tuple:
-            items = _split_seq(value, args[0] in (int, float)) if isinstance(value, str) else list(_exact(value, (list, tuple)))
+            items = (
+                _split_seq(value, args[0] in (int, float))
+                if isinstance(value, str)
+                else list(_exact(value, (list, tuple)))
+            )
             if len(args) == 2 and args[1] is Ellipsis:
                 return tuple(coerce(key, v, args[0]) for v in items)
             if len(items) != len(args):

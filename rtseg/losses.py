@@ -13,19 +13,19 @@ thesis). Median-frequency balancing (Eigen & Fergus 2015, used by SegNet) is off
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
-    "enet_class_weights",
-    "median_frequency_weights",
-    "class_weights",
-    "max_enet_weight",
     "WeightedCrossEntropy",
+    "class_weights",
+    "enet_class_weights",
+    "max_enet_weight",
+    "median_frequency_weights",
 ]
 
 
@@ -42,7 +42,7 @@ def _as_probabilities(freq: Sequence[float] | np.ndarray | torch.Tensor) -> torc
 
 
 def enet_class_weights(freq: Sequence[float] | np.ndarray | torch.Tensor, c: float = 1.02) -> torch.Tensor:
-    """ENet weights ``1 / ln(c + p)``; ``freq`` = per-class pixel counts or shares (``K``) -> ``K`` float32."""
+    """ENet weights ``1 / ln(c + p)``: per-class pixel counts or shares (``K``) -> ``K`` float32."""
     if c <= 1.0:
         raise ValueError(f"c must be > 1 so that every weight is finite and positive, got {c}")
     p = _as_probabilities(freq)
@@ -108,14 +108,21 @@ class WeightedCrossEntropy(nn.Module):
         self.register_buffer("weight", None if weight is None else weight.detach().float().clone())
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0] \
-                or logits.shape[2:] != target.shape[1:]:
-            raise ValueError(f"logits B x K x H x W {tuple(logits.shape)} and target B x H x W "
-                             f"{tuple(target.shape)} do not match")
+        if (
+            logits.dim() != 4
+            or target.dim() != 3
+            or logits.shape[0] != target.shape[0]
+            or logits.shape[2:] != target.shape[1:]
+        ):
+            raise ValueError(
+                f"logits B x K x H x W {tuple(logits.shape)} and target B x H x W "
+                f"{tuple(target.shape)} do not match"
+            )
         # sum / sum-of-weights instead of reduction='mean': identical value, but a batch with no
         # valid pixel gives 0 instead of NaN, without a host sync to check for it.
-        total = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index,
-                                reduction="sum")
+        total = F.cross_entropy(
+            logits.float(), target, weight=self.weight, ignore_index=self.ignore_index, reduction="sum"
+        )
         valid = target != self.ignore_index
         if self.weight is None:
             denom = valid.sum()

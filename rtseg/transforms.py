@@ -13,8 +13,8 @@ worker count, rank and restarts (the basis of bit-exact ``--resume``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "AffineParams",
-    "affine_crop",
-    "TrainTransform",
     "EvalTransform",
+    "TrainTransform",
+    "affine_crop",
     "downsample_label",
     "pad_collate",
 ]
@@ -40,7 +40,9 @@ class AffineParams:
     left: int
 
 
-def _axis_map(n_out: int, origin: int, n_src: int, scale: float, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _axis_map(
+    n_out: int, origin: int, n_src: int, scale: float, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Source positions of ``n_out`` output pixels along one axis.
 
     Returns normalised [-1, 1] coordinates for bilinear ``grid_sample`` (pixel-centre convention,
@@ -81,7 +83,9 @@ def affine_crop(
     gx, ix = _axis_map(w, params.left, w_src, params.scale, params.flip)
     grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]  # 1 x h x w x 2
     # 'border' reproduces F.interpolate at the image edges; pixels from outside are zeroed below.
-    out = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    out = F.grid_sample(
+        image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0]
     outside = (iy < 0)[:, None] | (ix < 0)[None, :]  # h x w
     out.masked_fill_(outside, 0.0)
     if image.dtype == torch.uint8:
@@ -157,8 +161,10 @@ class TrainTransform:
         return affine_crop(img, lab, params, self.crop, self.ignore_index)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(crop={self.crop}, scale={self.scale}, hflip={self.hflip}, "
-                f"translate={self.translate})")
+        return (
+            f"TrainTransform(crop={self.crop}, scale={self.scale}, hflip={self.hflip}, "
+            f"translate={self.translate})"
+        )
 
 
 class EvalTransform:
@@ -170,8 +176,13 @@ class EvalTransform:
         return _to_tensors(image, label)  # type: ignore[return-value]
 
 
-def downsample_label(label: torch.Tensor, stride: int = 8, mode: str = "nearest",
-                     ignore_index: int = 255, num_classes: int | None = None) -> torch.Tensor:
+def downsample_label(
+    label: torch.Tensor,
+    stride: int = 8,
+    mode: str = "nearest",
+    ignore_index: int = 255,
+    num_classes: int | None = None,
+) -> torch.Tensor:
     """Labels for the encoder stage: ``B x H x W`` -> ``B x ceil(H/s) x ceil(W/s)``.
 
     ``nearest`` takes the centre pixel of every ``s x s`` block (what PIL's NEAREST resize in the
