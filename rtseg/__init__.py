@@ -3,6 +3,7 @@
 from rtseg.checkpoint import load_model, save_model
 from rtseg.evaluate import evaluate  # shadows the module name; `from rtseg.evaluate import ...` works
 from rtseg.models import SegmentationModel, create_model, list_models, model_info, register_model
+from rtseg.train import train  # the function shadows the module name; `from rtseg.train import ...` still works
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,6 @@ __all__ = [
     "model_info",
     "register_model",
     "save_model",
+    "train",
     "__version__",
 ]

@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = [
     "rtseg._cli.models",
     "rtseg._cli.eval",
+    "rtseg._cli.train",
 ]
 
 
