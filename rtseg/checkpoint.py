@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from rtseg._io import atomic_torch_save
+from rtseg.errors import CheckpointError
 
 __all__ = ["save_model", "load_model", "load_checkpoint", "CheckpointError", "FORMAT"]
 
@@ -27,10 +28,6 @@ VERSION = 1
 
 #: the input convention every rtseg model follows (normalisation, if any, is inside the model)
 INPUT_CONVENTION = {"layout": "BCHW", "order": "RGB", "dtype": "float32", "range": [0.0, 1.0]}
-
-
-class CheckpointError(ValueError):
-    """A file is missing, unreadable, or not an rtseg checkpoint."""
 
 
 def _plain(obj: Any) -> Any:

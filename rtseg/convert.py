@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from rtseg.checkpoint import CheckpointError, save_model
+from rtseg.errors import CheckpointError
 from rtseg.models._registry import create_model, suggest
 
 __all__ = ["Converted", "register_converter", "list_converters", "convert_state_dict", "convert_file"]
@@ -106,6 +106,8 @@ def load_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def convert_file(source: str, src: str | os.PathLike, dst: str | os.PathLike, **kwargs: Any) -> Path:
     """Convert the foreign state dict at ``src`` into an rtseg checkpoint at ``dst``; returns ``dst``."""
+    from rtseg.checkpoint import save_model  # late import: model files import this module
+
     sd = load_foreign_state_dict(src)
     try:
         conv = convert_state_dict(source, sd, **kwargs)

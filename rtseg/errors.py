@@ -1,0 +1,5 @@
+"""Exceptions shared across rtseg (kept import-free so every module can use them)."""
+
+
+class CheckpointError(ValueError):
+    """A file is missing, unreadable, or not the kind of checkpoint expected."""
