@@ -7,8 +7,6 @@ logits is architecturally identical to the reference.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -70,9 +68,7 @@ def test_converted_parameter_count_equals_reference(source, shared_dir):
     assert sum(p.numel() for p in model.parameters()) == ref_params
 
 
-def test_cli_convert_path(shared_dir, tmp_path):
-    if importlib.util.find_spec("rtseg._cli.convert") is None:
-        pytest.skip("the `rtseg convert` subcommand (rtseg/_cli/convert.py) does not exist yet")
+def test_cli_convert_path(shared_dir, tmp_path, capsys):
     from rtseg.cli import main
 
     src = shared_file(shared_dir, "parity/enet_davidtvs_state_dict.pth")
@@ -80,6 +76,11 @@ def test_cli_convert_path(shared_dir, tmp_path):
     assert main(["convert", "--source", "enet-davidtvs", str(src), str(out), "--num-classes", "12"]) == 0
     x, ref = _golden(shared_dir, "enet_davidtvs")
     assert _max_err(rtseg.load_model(out), x, ref) <= TOL
+    # a wrong class count is a user error: exit status 2, one line naming the problem
+    bad = tmp_path / "bad.pt"
+    assert main(["convert", "--source", "enet-davidtvs", str(src), str(bad), "--num-classes", "19"]) == 2
+    assert "does not match the weights' 12" in capsys.readouterr().err
+    assert not bad.exists()
 
 
 def test_converters_refuse_wrong_input(shared_dir):
