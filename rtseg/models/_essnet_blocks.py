@@ -15,10 +15,10 @@ load key for key. Every BatchNorm uses ``eps=1e-3`` as in that code.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["channel_shuffle", "DownsamplerBlock", "NonBottleneck1D", "ConvModule", "UpsamplerBlock"]
+__all__ = ["ConvModule", "DownsamplerBlock", "NonBottleneck1D", "UpsamplerBlock", "channel_shuffle"]
 
 BN_EPS = 1e-3
 
@@ -46,7 +46,9 @@ class DownsamplerBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         if out_ch <= in_ch:
-            raise ValueError(f"DownsamplerBlock needs out_ch > in_ch (the pool branch keeps in_ch), got {in_ch}->{out_ch}")
+            raise ValueError(
+                f"DownsamplerBlock needs out_ch > in_ch (the pool branch keeps in_ch), got {in_ch}->{out_ch}"
+            )
         self.conv = nn.Conv2d(in_ch, out_ch - in_ch, 3, stride=2, padding=1, bias=True)
         self.pool = nn.MaxPool2d(2, stride=2)
         self.bn = nn.BatchNorm2d(out_ch, eps=BN_EPS)
@@ -97,8 +99,9 @@ class ConvModule(nn.Module):
     thesis text. A channel permutation commutes with ReLU, so "before/after the ReLU" is the same network.
     """
 
-    def __init__(self, ch: int, dropprob: float = 0.0, dilation: int = 1, groups: int = 1,
-                 shuffle: bool = False) -> None:
+    def __init__(
+        self, ch: int, dropprob: float = 0.0, dilation: int = 1, groups: int = 1, shuffle: bool = False
+    ) -> None:
         super().__init__()
         if ch % groups:
             raise ValueError(f"ConvModule: {ch} channels are not divisible into {groups} groups")
@@ -143,7 +146,9 @@ class UpsamplerBlock(nn.Module):
         if kernel_size not in (1, 3):
             raise ValueError(f"UpsamplerBlock kernel_size must be 1 (UPS) or 3 (ERFNet), got {kernel_size}")
         pad = (kernel_size - 1) // 2
-        self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel_size, stride=2, padding=pad, output_padding=1, bias=True)
+        self.conv = nn.ConvTranspose2d(
+            in_ch, out_ch, kernel_size, stride=2, padding=pad, output_padding=1, bias=True
+        )
         self.bn = nn.BatchNorm2d(out_ch, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

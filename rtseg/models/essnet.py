@@ -20,11 +20,12 @@ docs/models-essnet.md says how and why.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from rtseg.checkpoint import CheckpointError
 from rtseg.convert import Converted, register_converter, remap, strip_prefix
@@ -32,10 +33,12 @@ from rtseg.models._base import SegmentationModel
 from rtseg.models._essnet_blocks import BN_EPS, ConvModule, DownsamplerBlock, NonBottleneck1D, UpsamplerBlock
 from rtseg.models._registry import register_model
 
-__all__ = ["ESSNet", "PyramidPooling", "ENCODERS", "DECODERS", "MODULES", "CITYSCAPES_CLASSES"]
+__all__ = ["CITYSCAPES_CLASSES", "DECODERS", "ENCODERS", "MODULES", "ESSNet", "PyramidPooling"]
 
-PAPER = ("Vallurupalli et al., Efficient Semantic Segmentation using Gradual Grouping, CVPRW 2018; "
-         "Vallurupalli, On Designing Efficient Deep Neural Networks for Semantic Segmentation, IIIT-H thesis 2022")
+PAPER = (
+    "Vallurupalli et al., Efficient Semantic Segmentation using Gradual Grouping, CVPRW 2018; "
+    "Vallurupalli, On Designing Efficient Deep Neural Networks for Semantic Segmentation, IIIT-H thesis 2022"
+)
 
 # A layer row: (kind, out_channels, dilation, dropout probability). Kinds built by ESSNet.make_block.
 Row = tuple[str, int, Any, float]
@@ -61,8 +64,10 @@ def _adaptive_avg_pool_exportable(x: torch.Tensor, bins: int) -> torch.Tensor:
     rows = []
     for i in range(bins):
         h0, h1 = (i * h) // bins, -((-(i + 1) * h) // bins)
-        cols = [x[..., h0:h1, (j * w) // bins: -((-(j + 1) * w) // bins)].mean(dim=(-2, -1), keepdim=True)
-                for j in range(bins)]
+        cols = [
+            x[..., h0:h1, (j * w) // bins : -((-(j + 1) * w) // bins)].mean(dim=(-2, -1), keepdim=True)
+            for j in range(bins)
+        ]
         rows.append(torch.cat(cols, dim=-1))
     return torch.cat(rows, dim=-2)
 
@@ -80,8 +85,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         self.bins = tuple(int(b) for b in bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1, bias=True), nn.ReLU(inplace=True))
-            for _ in self.bins
+            nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1, bias=True), nn.ReLU(inplace=True)) for _ in self.bins
         )
         self.out_channels = in_ch + len(self.bins) * branch_ch
 
@@ -102,7 +106,9 @@ class ESSNetEncoder(nn.Module):
     (encoder-only) training; it is absent when built with ``classifier=False``.
     """
 
-    def __init__(self, layers: list[nn.Module], out_ch: int, num_classes: int, classifier: bool = True) -> None:
+    def __init__(
+        self, layers: list[nn.Module], out_ch: int, num_classes: int, classifier: bool = True
+    ) -> None:
         super().__init__()
         self.initial_block = DownsamplerBlock(3, 16)
         self.layers = nn.ModuleList(layers)
@@ -116,9 +122,11 @@ class ESSNetEncoder(nn.Module):
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         if self.output_conv is None:
-            raise RuntimeError("this model was built with encoder_classifier=False (as converted released "
-                               "checkpoints are), so it has no encoder-only output; rebuild with "
-                               "encoder_classifier=True to train or run the encoder alone")
+            raise RuntimeError(
+                "this model was built with encoder_classifier=False (as converted released "
+                "checkpoints are), so it has no encoder-only output; rebuild with "
+                "encoder_classifier=True to train or run the encoder alone"
+            )
         return self.output_conv(feats)
 
 
@@ -156,14 +164,24 @@ class ESSNet(SegmentationModel):
     size_divisor = 8
     output_stride = 8
 
-    def __init__(self, num_classes: int, encoder_cfg: Sequence[Row], decoder: str = "ups", groups: int = 1,
-                 shuffle: bool = False, encoder_classifier: bool = True,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        encoder_cfg: Sequence[Row],
+        decoder: str = "ups",
+        groups: int = 1,
+        shuffle: bool = False,
+        encoder_classifier: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(num_classes, mean=mean, std=std)
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
         if decoder == "nodec" and not encoder_classifier:
-            raise ValueError("decoder='nodec' upsamples the encoder classifier's scores: needs encoder_classifier=True")
+            raise ValueError(
+                "decoder='nodec' upsamples the encoder classifier's scores: needs encoder_classifier=True"
+            )
         self.groups, self.shuffle, self.decoder_kind = groups, shuffle, decoder
         layers, ch = self._build(encoder_cfg, 16, encoder=True)
         self.encoder = ESSNetEncoder(layers, ch, num_classes, classifier=encoder_classifier)
@@ -182,8 +200,9 @@ class ESSNet(SegmentationModel):
             in_ch = getattr(layers[-1], "out_channels", out_ch)
         return layers, in_ch
 
-    def make_block(self, kind: str, in_ch: int, out_ch: int, dilation: Any, dropprob: float,
-                   encoder: bool) -> nn.Module:
+    def make_block(
+        self, kind: str, in_ch: int, out_ch: int, dilation: Any, dropprob: float, encoder: bool
+    ) -> nn.Module:
         """Build one row. Only the encoder's conv-modules are grouped/shuffled (the decoder's are dense)."""
         same = kind in ("nb1d", "cm")
         if same and in_ch != out_ch:
@@ -210,7 +229,9 @@ class ESSNet(SegmentationModel):
         if encoder_only:
             return self.encoder.classify(feats)
         if self.decoder_kind == "nodec":
-            return F.interpolate(self.encoder.classify(feats), scale_factor=8, mode="bilinear", align_corners=False)
+            return F.interpolate(
+                self.encoder.classify(feats), scale_factor=8, mode="bilinear", align_corners=False
+            )
         return self.decoder(feats)
 
 
@@ -227,7 +248,10 @@ _STEM: list[Row] = [("down", 64, 1, 0.0)]
 #: our reading of its garbled channel column) keeps non-bt-1D at 1/4 and in the first dilated group.
 ENCODERS: dict[str, list[Row]] = {
     "b": _STEM + [("cm", 64, 1, 0.03)] * 5 + [("down", 128, 1, 0.0)] + _dilated("cm", _DIL * 2),
-    "a": _STEM + [("nb1d", 64, 1, 0.03)] * 5 + [("down", 128, 1, 0.0)] + _dilated("nb1d", _DIL)
+    "a": _STEM
+    + [("nb1d", 64, 1, 0.03)] * 5
+    + [("down", 128, 1, 0.0)]
+    + _dilated("nb1d", _DIL)
     + _dilated("cm", _DIL),
 }
 
@@ -235,11 +259,29 @@ ENCODERS: dict[str, list[Row]] = {
 #: None for bilinear x8 of the encoder classifier's scores.
 DECODERS: dict[str, tuple[list[Row], int] | None] = {
     # ERFNet's decoder (ESSNet-A/B): 3x3 transposed-conv upsamplers and non-bt-1D layers.
-    "erfnet": ([("up3", 64, 1, 0.0), ("nb1d", 64, 1, 0.0), ("nb1d", 64, 1, 0.0),
-                ("up3", 16, 1, 0.0), ("nb1d", 16, 1, 0.0), ("nb1d", 16, 1, 0.0)], 2),
+    "erfnet": (
+        [
+            ("up3", 64, 1, 0.0),
+            ("nb1d", 64, 1, 0.0),
+            ("nb1d", 64, 1, 0.0),
+            ("up3", 16, 1, 0.0),
+            ("nb1d", 16, 1, 0.0),
+            ("nb1d", 16, 1, 0.0),
+        ],
+        2,
+    ),
     # Final ESSNet (Fig 3.9): 1x1 "UPS" upsamplers and dense conv-modules.
-    "ups": ([("up1", 64, 1, 0.0), ("cm", 64, 1, 0.0), ("cm", 64, 1, 0.0),
-             ("up1", 16, 1, 0.0), ("cm", 16, 1, 0.0), ("cm", 16, 1, 0.0)], 2),
+    "ups": (
+        [
+            ("up1", 64, 1, 0.0),
+            ("cm", 64, 1, 0.0),
+            ("cm", 64, 1, 0.0),
+            ("up1", 16, 1, 0.0),
+            ("cm", 16, 1, 0.0),
+            ("cm", 16, 1, 0.0),
+        ],
+        2,
+    ),
     # §4.1: one x4 transposed-conv block then the 2x2 transposed-conv classifier.
     "trans4x": ([("upx4", 16, 1, 0.0)], 2),
     # §4.1: a single 8x8 stride-8 transposed conv straight to the classes.
@@ -252,12 +294,20 @@ DECODERS: dict[str, tuple[list[Row], int] | None] = {
 
 #: Conv-module types of thesis ch. 3: name -> (groups, shuffle).
 MODULES: dict[str, tuple[int, bool]] = {
-    "d": (1, False), "dg2": (2, False), "dg4": (4, False), "dg8": (8, False),
-    "dg2s": (2, True), "dg4s": (4, True), "dg8s": (8, True),
+    "d": (1, False),
+    "dg2": (2, False),
+    "dg4": (4, False),
+    "dg8": (8, False),
+    "dg2s": (2, True),
+    "dg4s": (4, True),
+    "dg8s": (8, True),
 }
 
-_MODULE_WORDS = {"d": "depthwise-separable (D)", "dg": "D + {g}-group pointwise (DGC)",
-                 "dgs": "D + {g}-group pointwise + shuffle (DGCS)"}
+_MODULE_WORDS = {
+    "d": "depthwise-separable (D)",
+    "dg": "D + {g}-group pointwise (DGC)",
+    "dgs": "D + {g}-group pointwise + shuffle (DGCS)",
+}
 
 
 def _module_words(m: str) -> str:
@@ -270,7 +320,9 @@ def _make_builder(encoder: str, decoder: str, module: str):
     groups, shuffle = MODULES[module]
 
     def builder(num_classes: int = 19, **kwargs: Any) -> ESSNet:
-        return ESSNet(num_classes, ENCODERS[encoder], decoder=decoder, groups=groups, shuffle=shuffle, **kwargs)
+        return ESSNet(
+            num_classes, ENCODERS[encoder], decoder=decoder, groups=groups, shuffle=shuffle, **kwargs
+        )
 
     return builder
 
@@ -287,14 +339,29 @@ def _published(name: str) -> dict[str, Any]:
     r = _RELEASED.get(name)
     if r is None:
         return {}
-    return {"params": r["params"], "params_config": {"num_classes": 20, "encoder_classifier": False},
-            "miou": r["miou"], "dataset": "cityscapes-val", "size": (512, 1024),
-            "source": f"released checkpoint {r['file']} and its training log (best val epoch)"}
+    return {
+        "params": r["params"],
+        "params_config": {"num_classes": 20, "encoder_classifier": False},
+        "miou": r["miou"],
+        "dataset": "cityscapes-val",
+        "size": (512, 1024),
+        "source": f"released checkpoint {r['file']} and its training log (best val epoch)",
+    }
 
 
 _FAMILY_ROWS = [  # (name prefix, encoder, decoder, description)
-    ("essnet_b_", "b", "erfnet", "ESSNet-B (thesis Table 3.1): conv-modules everywhere in ERFNet's encoder, ERFNet decoder"),
-    ("essnet_a_", "a", "erfnet", "ESSNet-A (thesis Table 3.3): non-bt-1D early, conv-modules in the last dilated group"),
+    (
+        "essnet_b_",
+        "b",
+        "erfnet",
+        "ESSNet-B (thesis Table 3.1): conv-modules everywhere in ERFNet's encoder, ERFNet decoder",
+    ),
+    (
+        "essnet_a_",
+        "a",
+        "erfnet",
+        "ESSNet-A (thesis Table 3.3): non-bt-1D early, conv-modules in the last dilated group",
+    ),
     ("essnet_", "b", "ups", "ESSNet (thesis Fig 3.9): conv-module encoder and decoder, 1x1 UPS upsampling"),
 ]
 _DECODER_ROWS = [  # (suffix, decoder, description)
@@ -307,20 +374,47 @@ _DECODER_ROWS = [  # (suffix, decoder, description)
 for _m in MODULES:
     for _prefix, _enc, _dec, _desc in _FAMILY_ROWS:
         _name = f"{_prefix}{_m}"
-        register_model(_name, family="essnet", paper=PAPER, description=f"{_desc}; {_module_words(_m)}",
-                       published=_published(_name), default_size=(512, 1024))(_make_builder(_enc, _dec, _m))
+        register_model(
+            _name,
+            family="essnet",
+            paper=PAPER,
+            description=f"{_desc}; {_module_words(_m)}",
+            published=_published(_name),
+            default_size=(512, 1024),
+        )(_make_builder(_enc, _dec, _m))
     for _suffix, _dec, _desc in _DECODER_ROWS:
-        register_model(f"essnet_{_m}{_suffix}", family="essnet", paper=PAPER,
-                       description=f"{_desc}; {_module_words(_m)}",
-                       default_size=(512, 1024))(_make_builder("b", _dec, _m))
+        register_model(
+            f"essnet_{_m}{_suffix}",
+            family="essnet",
+            paper=PAPER,
+            description=f"{_desc}; {_module_words(_m)}",
+            default_size=(512, 1024),
+        )(_make_builder("b", _dec, _m))
 
 
 # ------------------------------------------------------------------------------------------ converter
 #: Cityscapes trainId order (0..18). The released checkpoints have a 20th output, the void/ignore class the
 #: author trained as class 19 (ERFNet's Cityscapes recipe); rtseg names it "void".
 CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
 ]
 
 
@@ -349,8 +443,11 @@ def convert_essnet_official(sd: dict[str, torch.Tensor], **kw: Any) -> Converted
     kwargs = {"num_classes": num_classes, "encoder_classifier": False}
     target = ESSNet(num_classes, ENCODERS["b"], "ups", groups=g, shuffle=g > 1, encoder_classifier=False)
     # Released keys already use rtseg's names; BatchNorm's num_batches_tracked may be absent (old PyTorch).
-    tsd = {k: v for k, v in target.state_dict().items() if not k.endswith("num_batches_tracked")
-           and k not in ("mean", "std")}
+    tsd = {
+        k: v
+        for k, v in target.state_dict().items()
+        if not k.endswith("num_batches_tracked") and k not in ("mean", "std")
+    }
     out = remap(sd, lambda k: None if k.endswith("num_batches_tracked") else k, tsd, "essnet-official")
     full = target.state_dict()
     for k, v in full.items():  # fill the buffers the foreign file cannot have
@@ -365,7 +462,8 @@ def convert_essnet_official(sd: dict[str, torch.Tensor], **kw: Any) -> Converted
         "dataset": "cityscapes",
         "input_convention": "RGB float in [0, 1] (pixel / 255), no mean/std normalisation; trained at 512x1024",
         "notes": "20th output channel is the void class (trainId 255 remapped to 19 during training)"
-        if num_classes == 20 else "",
+        if num_classes == 20
+        else "",
     }
     if class_names is not None:
         meta["class_names"] = class_names

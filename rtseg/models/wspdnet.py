@@ -13,17 +13,18 @@ merge are our reading (docs/models-essnet.md); the rows below are the single pla
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from rtseg.models._essnet_blocks import BN_EPS, NonBottleneck1D
 from rtseg.models._registry import register_model
 from rtseg.models.essnet import PAPER, ESSNet, Row
 
-__all__ = ["DWSDilBlock", "WSPDNet", "WSPDNET_ENCODER"]
+__all__ = ["WSPDNET_ENCODER", "DWSDilBlock", "WSPDNet"]
 
 
 # ----------------------------------------------------------------------------------------------- blocks
@@ -42,8 +43,10 @@ class DWSDilBlock(nn.Module):
         self.conv1x3 = nn.Conv2d(ch, ch, (1, 3), padding=(0, 1), bias=True)
         self.bn1 = nn.BatchNorm2d(ch, eps=BN_EPS)
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(ch, ch, 3, padding=d, dilation=d, groups=ch, bias=False),
-                          nn.BatchNorm2d(ch, eps=BN_EPS))
+            nn.Sequential(
+                nn.Conv2d(ch, ch, 3, padding=d, dilation=d, groups=ch, bias=False),
+                nn.BatchNorm2d(ch, eps=BN_EPS),
+            )
             for d in self.dilations
         )
         self.pw = nn.Conv2d(ch, ch, 1, bias=True)
@@ -68,8 +71,9 @@ class WSPDNet(ESSNet):
     the 1/8-resolution scores of the encoder classifier.
     """
 
-    def make_block(self, kind: str, in_ch: int, out_ch: int, dilation: Any, dropprob: float,
-                   encoder: bool) -> nn.Module:
+    def make_block(
+        self, kind: str, in_ch: int, out_ch: int, dilation: Any, dropprob: float, encoder: bool
+    ) -> nn.Module:
         if kind == "nb1d5":
             return NonBottleneck1D(out_ch, dropprob, dilation, kernel_size=5)
         if kind == "dwsdil":
@@ -80,7 +84,9 @@ class WSPDNet(ESSNet):
 # ------------------------------------------------------------------------------------------ variant table
 #: Encoder rows after the initial 3->16 downsampler (our reading of thesis Table 4.2).
 WSPDNET_ENCODER: list[Row] = (
-    [("down", 64, 1, 0.0)] + [("nb1d5", 64, 1, 0.03)] * 5 + [("down", 128, 1, 0.0)]
+    [("down", 64, 1, 0.0)]
+    + [("nb1d5", 64, 1, 0.03)] * 5
+    + [("down", 128, 1, 0.0)]
     + [("dwsdil", 128, (2, 4, 8, 16), 0.3)] * 4
 )
 
