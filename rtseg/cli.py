@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "rtseg._cli.models",
     "rtseg._cli.eval",
     "rtseg._cli.train",
+    "rtseg._cli.demo",
 ]
 
 
