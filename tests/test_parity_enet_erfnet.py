@@ -102,6 +102,11 @@ def test_converters_refuse_wrong_input(shared_dir):
     # prefixed (DataParallel) state dicts convert too
     conv = convert_state_dict("erfnet-eromera", {"module." + k: v for k, v in erf_sd.items()}, num_classes=12)
     assert conv.model_kwargs == {"num_classes": 12}
+    # without the encoder's classifier, the model is built without one (nothing is made up)
+    no_cls = {k: v for k, v in erf_sd.items() if not k.startswith("encoder.output_conv.")}
+    conv = convert_state_dict("erfnet-eromera", no_cls)
+    assert conv.model_kwargs == {"num_classes": 12, "encoder_classifier": False}
+    rtseg.create_model(conv.model, **conv.model_kwargs).load_state_dict(conv.state_dict)
 
 
 def test_encoder_only_outputs(shared_dir, tmp_path):
@@ -111,6 +116,8 @@ def test_encoder_only_outputs(shared_dir, tmp_path):
         with torch.no_grad():
             assert model(x).shape == (2, 5, 60, 84)
             assert model(x, encoder_only=True).shape == (2, 5, 8, 11)
+        bare = rtseg.create_model(name, num_classes=5, encoder_classifier=False)
+        assert len(list(bare.parameters())) == len(list(model.parameters())) - 2
     # converted ENet weights carry no encoder classifier: asking for one is an error, not noise
     src = shared_file(shared_dir, "parity/enet_davidtvs_state_dict.pth")
     model = rtseg.load_model(convert_file("enet-davidtvs", src, tmp_path / "e.pt"))

@@ -105,7 +105,7 @@ DECODER_STAGES = ((64, 2), (16, 2))
 class ERFNetEncoder(nn.Module):
     """``B x 3 x H x W`` -> ``B x 128 x H/8 x W/8``; ``classifier`` maps that to class scores."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, classifier: bool = True) -> None:
         super().__init__()
         self.initial = DownsamplerBlock(3, 16)
         cin = 16
@@ -115,7 +115,7 @@ class ERFNetEncoder(nn.Module):
             cin = cout
         self.out_channels = cin
         # 1x1 classifier used only for encoder-only (stage-one) training; part of the authors' code
-        self.classifier = nn.Conv2d(cin, num_classes, 1, bias=True)
+        self.classifier = nn.Conv2d(cin, num_classes, 1, bias=True) if classifier else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage2(self.stage1(self.initial(x)))
@@ -140,8 +140,9 @@ class ERFNet(SegmentationModel):
     """ERFNet. Input ``B x 3 x H x W`` RGB in [0, 1]; output ``B x num_classes x H x W`` logits.
 
     ``forward(x, encoder_only=True)`` returns the encoder classifier's ``B x K x ceil(H/8) x
-    ceil(W/8)`` scores (the authors train the encoder this way first). ``mean``/``std`` set an
-    input normalisation inside the model (the authors' code uses none).
+    ceil(W/8)`` scores (the authors train the encoder this way first); ``encoder_classifier=False``
+    leaves that 1x1 classifier out (a model that is only ever trained or run end to end).
+    ``mean``/``std`` set an input normalisation inside the model (the authors' code uses none).
     """
 
     size_divisor = 8
@@ -150,16 +151,22 @@ class ERFNet(SegmentationModel):
     def __init__(
         self,
         num_classes: int,
+        encoder_classifier: bool = True,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__(num_classes, mean=mean, std=std)
-        self.encoder = ERFNetEncoder(num_classes)
+        self.encoder = ERFNetEncoder(num_classes, classifier=encoder_classifier)
         self.decoder = ERFNetDecoder(num_classes, self.encoder.out_channels)
 
     def forward_padded(self, x: torch.Tensor, encoder_only: bool = False) -> torch.Tensor:
         feats = self.encoder(x)
         if encoder_only:
+            if self.encoder.classifier is None:
+                raise RuntimeError(
+                    "this ERFNet was built with encoder_classifier=False, so it has no encoder-only output; "
+                    "rebuild it with encoder_classifier=True to train one"
+                )
             return self.encoder.classifier(feats)
         return self.decoder(feats)
 
@@ -230,7 +237,8 @@ def convert_erfnet_eromera(sd: dict[str, torch.Tensor], num_classes: int | None 
     """Eromera/erfnet_pytorch ``state_dict`` (``Net``) -> rtseg ``erfnet``.
 
     ``num_classes`` is read from ``decoder.output_conv.weight`` (``16 x K x 2 x 2``) when not given.
-    A ``module.`` (DataParallel) prefix is stripped.
+    A ``module.`` (DataParallel) prefix is stripped. Weights saved without the encoder's
+    ``output_conv`` (some releases drop it) convert with ``encoder_classifier=False``.
     """
     if kw:
         raise TypeError(f"erfnet-eromera converter got unexpected options {sorted(kw)}")
@@ -248,7 +256,10 @@ def convert_erfnet_eromera(sd: dict[str, torch.Tensor], num_classes: int | None 
     dropped = [k for k in sd if _eromera_key(k) is None]
     if dropped:
         raise CheckpointError(f"erfnet-eromera: keys with no rtseg counterpart: {dropped[:4]}")
-    target = create_model("erfnet", num_classes=inferred).state_dict()
+    kwargs = {"num_classes": inferred}
+    if "encoder.output_conv.weight" not in sd:
+        kwargs["encoder_classifier"] = False
+    target = create_model("erfnet", **kwargs).state_dict()
     mapped = remap(
         sd, _eromera_key, {k: v for k, v in target.items() if k not in ("mean", "std")}, "erfnet-eromera"
     )
@@ -256,7 +267,7 @@ def convert_erfnet_eromera(sd: dict[str, torch.Tensor], num_classes: int | None 
     mapped["mean"], mapped["std"] = target["mean"], target["std"]
     return Converted(
         model="erfnet",
-        model_kwargs={"num_classes": inferred},
+        model_kwargs=kwargs,
         state_dict=mapped,
         meta={"notes": "Eromera/erfnet_pytorch weights; input RGB pixel/255 without normalisation"},
     )
