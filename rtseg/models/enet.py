@@ -463,6 +463,4 @@ def convert_enet_davidtvs(sd: dict[str, torch.Tensor], num_classes: int | None =
         "notes": "davidtvs/PyTorch-ENet weights; input RGB pixel/255 without normalisation; "
         "no encoder-only classifier (encoder_classifier=False)",
     }
-    return Converted(
-        model="enet", model_kwargs=dict(kwargs), state_dict=mapped, meta=meta
-    )
+    return Converted(model="enet", model_kwargs=dict(kwargs), state_dict=mapped, meta=meta)
