@@ -192,8 +192,8 @@ class SyntheticStreet(SegDataset):
         objs = []
         for _ in range(rng.integers(0, 5)):
             objs.append(("car", rng.uniform(0.12, 1.0)))
-        for _ in range(rng.integers(0, 6)):
-            objs.append(("ped", rng.uniform(0.15, 1.0)))
+        for _ in range(rng.integers(1, 7)):
+            objs.append(("ped", rng.uniform(0.25, 1.0)))
         for _ in range(rng.integers(1, 5)):
             objs.append(("pole", rng.uniform(0.1, 1.0)))
         objs.sort(key=lambda o: o[1])
@@ -234,7 +234,7 @@ class SyntheticStreet(SegDataset):
                 cv.ellipse(yb - ph * 0.9, cx, ph * 0.09, pw * 0.3, skin, PEDESTRIAN)
             else:
                 ph = depth * h * rng.uniform(0.7, 1.1)
-                pw = max(2.0, depth * w * 0.012)
+                pw = max(2.0, depth * w * 0.02)
                 cx = vx + side * (hw + rng.uniform(0.3, 0.7) * ww)
                 cv.rect(yb - ph, yb, cx - pw / 2, cx + pw / 2, np.full(3, rng.uniform(90, 140)), POLE)
 
