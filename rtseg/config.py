@@ -88,6 +88,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum / Adam beta1
     scheduler: str = "poly"  # 'poly' per iteration, 'plateau' halves lr when the loss stalls
     poly_power: float = 0.9  # exponent of (1 - t/T): the common poly schedule
+    poly_by_epoch: bool = False  # True: lr drops once per epoch, as in the ERFNet/ESSNet code
     plateau_factor: float = 0.5  # ERFNet: divide the lr by 2 when the training error stagnates
     plateau_patience: int = 5  # epochs without improvement before the lr is cut
     grad_clip: float = 0.0  # max global grad norm; 0 disables (the papers do not clip)

@@ -246,10 +246,10 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return opt_cls(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int, steps: int) -> Any:
     if cfg.scheduler == "poly":
-        power = cfg.poly_power
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total_steps) ** power)
+        power, total = cfg.poly_power, epochs if cfg.poly_by_epoch else epochs * steps
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / total) ** power)
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
@@ -369,14 +369,17 @@ def _resume_config(state: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tr
 
 
 def _trim_log(path: Path, global_epoch: int) -> None:
-    """Drop log lines of epochs after the checkpoint (the run was killed between log and checkpoint)."""
+    """Keep log lines up to the checkpoint's epoch (a kill can land between log line and checkpoint,
+    or in the middle of a line)."""
     if not path.is_file():
         return
-    keep = [
-        ln
-        for ln in path.read_text().splitlines()
-        if ln.strip() and json.loads(ln)["global_epoch"] <= global_epoch
-    ]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln)["global_epoch"] <= global_epoch:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):
+            pass  # a torn last line
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -530,7 +533,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
         encoder_only = stage == "encoder"
         # A fresh optimiser per stage: stage two starts from the stage-one encoder, not its momentum.
         optimizer = _optimizer(model, cfg)
-        scheduler = _scheduler(optimizer, cfg, n_epochs * steps)
+        scheduler = _scheduler(optimizer, cfg, n_epochs, steps)
         best = {"score": -math.inf, "miou": None, "epoch": None}
         if ema is not None:
             ema.reset(model)
@@ -570,10 +573,11 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                 if cfg.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                if cfg.scheduler == "poly":
+                if cfg.scheduler == "poly" and not cfg.poly_by_epoch:
                     scheduler.step()
                 if ema is not None:
                     ema.update(model)
@@ -583,7 +587,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                     rate = seen * d.world / (time.perf_counter() - t0)
                     bar.set_postfix(
                         loss=f"{loss.item():.3f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                        lr=f"{lr:.2e}",
                         img_s=f"{rate:.1f}",
                     )
                 t_data = time.perf_counter()
@@ -593,6 +597,8 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
             train_loss = loss_sum.item() / (steps * d.world)
             if cfg.scheduler == "plateau":
                 scheduler.step(train_loss)  # ERFNet: halve the lr when the training error stagnates
+            elif cfg.scheduler == "poly" and cfg.poly_by_epoch:
+                scheduler.step()
             if d.world > 1:
                 _sync_buffers(model, ema, d.world)
 
@@ -622,7 +628,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                 "val_miou": None if metrics is None else metrics["miou"],
                 "val_pixel_acc": None if metrics is None else metrics["pixel_acc"],
                 "val_mean_class_acc": None if metrics is None else metrics["mean_class_acc"],
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": lr,  # of the epoch's last step
                 "time_s": round(train_time, 3),
                 "img_per_s": round(steps * cfg.batch_size * d.world / train_time, 2),
                 "data_wait_s": round(data_s, 3),
