@@ -95,7 +95,7 @@ class ConvModule(nn.Module):
     ``groups=1`` is the thesis' *D* module, ``groups=g`` its *DGC* (both pointwise convs in ``g`` groups) and
     ``shuffle=True`` its *DGCS*. The shuffle sits right after the first grouped pointwise conv's BN+ReLU and
     the dilation on the second depthwise conv: of all candidate placements only this one reproduces the
-    released checkpoints' reference logits (exactly, see docs/models-essnet.md), and it agrees with the
+    released checkpoints' reference logits (exactly, see docs/models.md), and it agrees with the
     thesis text. A channel permutation commutes with ReLU, so "before/after the ReLU" is the same network.
     """
 

@@ -5,7 +5,7 @@ Paszke, Chaurasia, Kim, Culurciello, 2016 (arXiv:1606.02147).
 The layer layout follows the paper's Table 1; where the paper text and the widely used PyTorch
 port of the authors' Torch7 code (github.com/davidtvs/PyTorch-ENet) differ, the defaults follow
 the port, so that its state dicts convert exactly (``rtseg convert --source enet-davidtvs``).
-Every such choice is listed in ``docs/models-enet-erfnet.md`` and most are constructor switches.
+Every such choice is listed in ``docs/models.md`` (section 5) and most are constructor switches.
 
 Max-unpooling is written as a scatter into a zero tensor, so the whole model exports to ONNX
 (``MaxPool`` with indices + ``ScatterElements``); ``nn.MaxUnpool2d`` does not export.

@@ -4,7 +4,7 @@ Romera, Alvarez, Bergasa, Arroyo, IEEE Transactions on Intelligent Transportatio
 2018 (online 2017). Layout as in the paper's Table 1 and the authors' PyTorch code
 (github.com/Eromera/erfnet_pytorch, ``train/erfnet.py``), whose state dicts convert exactly
 (``rtseg convert --source erfnet-eromera``). Differences between paper text and code are listed in
-``docs/models-enet-erfnet.md``.
+``docs/models.md`` (section 5).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class ERFNet(SegmentationModel):
     family="erfnet",
     paper=PAPER,
     description="ERFNet (Romera et al. 2017), layout of the authors' PyTorch code",
-    # The paper reports no parameter count or FLOPs we could verify; see docs/models-enet-erfnet.md.
+    # The paper reports no parameter count or FLOPs we could verify; see docs/models.md, section 3.
     published={},
     default_size=(512, 1024),
 )

@@ -15,7 +15,7 @@ Family members (all take ``B x 3 x H x W`` RGB in [0, 1] and return ``B x num_cl
 with ``<m>`` the conv-module type: ``d`` (depthwise separable), ``dg2/dg4/dg8`` (+ grouped pointwise convs),
 ``dg2s/dg4s/dg8s`` (+ channel shuffle). The released Cityscapes checkpoints are ``essnet_dg2s`` and
 ``essnet_dg4s`` (converter ``essnet-official`` below). Where this file reads an ambiguous thesis passage,
-docs/models-essnet.md says how and why.
+docs/models.md (section 6) says how and why.
 """
 
 from __future__ import annotations
@@ -334,7 +334,7 @@ _RELEASED = {  # numbers measured on the released checkpoints and their training
 
 
 def _published(name: str) -> dict[str, Any]:
-    # We do not have the thesis tables' numbers at hand (see docs/models-essnet.md): only what the released
+    # The thesis tables' numbers were not accessible (see docs/models.md, section 3): only what the released
     # checkpoints prove is recorded, with the configuration it holds for.
     r = _RELEASED.get(name)
     if r is None:

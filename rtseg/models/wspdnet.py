@@ -8,7 +8,7 @@ WSPD-Net keeps ESSNet's skeleton (ERFNet downsamplers, final-ESSNet UPS decoder)
 non-bottleneck-1D layers with 5-tap kernels at 1/4 resolution, and at 1/8 the DWS-Dil block -- an
 asymmetric factorized pair followed by four parallel depthwise dilated 3x3 convs (rates 2, 4, 8, 16) whose
 sum a pointwise conv mixes, all inside one residual layer. Table 4.2's exact layer counts and the branch
-merge are our reading (docs/models-essnet.md); the rows below are the single place to change them.
+merge are our reading (docs/models.md, section 6); the rows below are the single place to change them.
 """
 
 from __future__ import annotations
