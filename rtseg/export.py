@@ -1,9 +1,25 @@
-"""Export rtseg models to ONNX and verify the exported graph against PyTorch."""
+"""Export rtseg models to ONNX, OpenVINO IR and TorchScript, and verify every export against PyTorch.
+
+Every exported graph is the *deploy form* of the model (:func:`deploy_model`: masked gradual-grouping
+convs turned into grouped convs when ``rtseg.grouping`` provides ``convert_to_deploy``, BatchNorm folded
+by :func:`rtseg.fuse.fold_batchnorm`), with the input normalisation inside the graph:
+
+- input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1];
+- output ``logits`` (``B x C x H x W`` float32) or, with ``argmax=True``, ``labels`` (``B x H x W`` uint8).
+
+Dynamic graphs (``dynamic=True``) take any batch, height and width that are multiples of the model's
+``size_divisor`` (recorded in the graph's metadata): the model's pad-to-stride step is a Python-level
+branch that the tracer resolves once, so callers pad (``rtseg.Segmenter`` does).
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import tempfile
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +29,23 @@ import torch.nn as nn
 
 from rtseg._io import atomic_open
 
-__all__ = ["ExportError", "export_onnx", "verify_onnx"]
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "ExportResult",
+    "deploy_model",
+    "export",
+    "export_onnx",
+    "export_openvino",
+    "export_torchscript",
+    "graph_metadata",
+    "verify_export",
+    "verify_onnx",
+]
 
 DEFAULT_OPSET = 17
+#: format -> default file suffix
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
 
 
 class ExportError(RuntimeError):
@@ -41,60 +71,250 @@ def _check_exportable(model: nn.Module) -> None:
         raise ExportError(f"model {name!r} declares it cannot be exported to ONNX")
 
 
+def _name(model: nn.Module) -> str:
+    return getattr(model, "rtseg_name", None) or type(model).__name__
+
+
+def deploy_model(model: nn.Module) -> nn.Module:
+    """Eval-mode inference form of ``model`` (a copy): grouped convs and folded BatchNorm, same outputs.
+
+    Uses ``rtseg.grouping.convert_to_deploy`` when that module exists (it folds BatchNorm itself),
+    otherwise :func:`rtseg.fuse.fold_batchnorm`. Registry attributes (``rtseg_name``...) are kept.
+    """
+    import copy
+
+    from rtseg.fuse import fold_batchnorm
+
+    try:
+        convert = getattr(importlib.import_module("rtseg.grouping"), "convert_to_deploy", None)
+    except ImportError:
+        convert = None
+    src = copy.deepcopy(model).eval()
+    out = convert(src) if convert is not None else fold_batchnorm(src, inplace=True)
+    out = out.eval()
+    for attr in ("rtseg_name", "rtseg_kwargs", "rtseg_meta"):
+        if hasattr(model, attr) and not hasattr(out, attr):
+            setattr(out, attr, getattr(model, attr))
+    return out
+
+
+def graph_metadata(model: nn.Module, size: tuple[int, int] | None, argmax: bool) -> dict[str, str]:
+    """String metadata stored in exported graphs, so a runtime knows how to feed and read them."""
+    meta = getattr(model, "rtseg_meta", {}) or {}
+    return {
+        "rtseg_model": _name(model),
+        "num_classes": str(getattr(model, "num_classes", "")),
+        "class_names": json.dumps(meta.get("class_names")),
+        "size_divisor": str(getattr(model, "size_divisor", 1)),
+        "input_size": "dynamic" if size is None else f"{size[0]}x{size[1]}",
+        "output": "labels" if argmax else "logits",
+        "input": "image: B x 3 x H x W float32 RGB in [0, 1]; normalisation inside the graph",
+    }
+
+
+def _example(size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
+def _check_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> None:
+    d = int(getattr(model, "size_divisor", 1))
+    if dynamic and (size[0] % d or size[1] % d):
+        raise ExportError(f"a dynamic export is traced at a size divisible by {d}; got {size[0]}x{size[1]}")
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
-                opset: int = DEFAULT_OPSET, dynamic: bool = False, argmax: bool = False) -> Path:
+                opset: int = DEFAULT_OPSET, dynamic: bool = False, argmax: bool = False,
+                fold: bool = False) -> Path:
     """Write ``model`` (eval mode) as ONNX to ``path`` atomically.
 
     Graph input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1] (normalisation is inside the graph);
     output ``logits`` (``B x C x H x W`` float32) or, with ``argmax=True``, ``labels`` (``B x H x W`` uint8).
-    ``dynamic=True`` makes batch, height and width symbolic.
+    ``dynamic=True`` makes batch, height and width symbolic (sides must then be multiples of
+    ``size_divisor``). ``fold=True`` exports :func:`deploy_model` of ``model`` (``export`` always does).
     """
     _check_exportable(model)
-    model = model.eval()
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old: rtseg exports opset >= 17")
+    _check_size(model, size, dynamic)
+    src = model
+    model = deploy_model(model) if fold else model.eval()
     net = _ArgmaxHead(model) if argmax else model
-    x = torch.rand(1, 3, *size)
+    x = _example(size)
     out_name = "labels" if argmax else "logits"
     axes = ({"image": {0: "batch", 2: "height", 3: "width"}, out_name: {0: "batch", 1 + (not argmax): "height",
              2 + (not argmax): "width"}} if dynamic else None)
     path = Path(path)
     try:
-        with warnings.catch_warnings(), atomic_open(path, "wb") as f:
-            warnings.simplefilter("ignore")
-            # The TorchScript-based exporter handles every rtseg model at opset 17 and is several times
-            # faster than the dynamo exporter; the latter is used where the former is unavailable.
-            try:
-                torch.onnx.export(net, (x,), f, opset_version=opset, dynamo=False, input_names=["image"],
-                                  output_names=[out_name], dynamic_axes=axes, do_constant_folding=True)
-            except (TypeError, ImportError):
-                prog = torch.onnx.export(net, (x,), None, opset_version=max(opset, 18), dynamo=True,
-                                         input_names=["image"], output_names=[out_name], dynamic_axes=axes)
-                prog.save(f)
+        import onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "raw.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # The TorchScript-based exporter handles every rtseg model (ENet's max-unpool scatter
+                # included) at opset 17 and is several times faster than the dynamo exporter; the latter
+                # is used where the former is unavailable.
+                try:
+                    torch.onnx.export(net, (x,), str(raw), opset_version=opset, dynamo=False,
+                                      input_names=["image"], output_names=[out_name], dynamic_axes=axes,
+                                      do_constant_folding=True)
+                except (TypeError, ImportError):
+                    prog = torch.onnx.export(net, (x,), None, opset_version=max(opset, 18), dynamo=True,
+                                             input_names=["image"], output_names=[out_name],
+                                             dynamic_axes=axes)
+                    prog.save(str(raw))
+            proto = onnx.load(str(raw))
+            for k, v in graph_metadata(src, None if dynamic else size, argmax).items():
+                proto.metadata_props.add(key=k, value=v)
+            with atomic_open(path, "wb") as f:
+                f.write(proto.SerializeToString())
     except ExportError:
         raise
     except Exception as e:  # exporter failures become one clear error naming the model
-        raise ExportError(f"ONNX export of {getattr(model, 'rtseg_name', type(model).__name__)} failed: "
+        raise ExportError(f"ONNX export of {_name(model)} failed: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     return path
 
 
-def verify_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] | None = None,
-                image: torch.Tensor | None = None) -> dict[str, Any]:
-    """Run the ONNX file in ONNX Runtime and compare with PyTorch on the same input.
+def export_openvino(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
+                    dynamic: bool = False, argmax: bool = False, fold: bool = True) -> Path:
+    """Write OpenVINO IR (``path`` = ``.xml``; the weights go to the ``.bin`` beside it), via ONNX, fp32 weights.
 
-    Returns ``max_abs`` (logit error; None for argmax graphs) and ``agreement`` (fraction of pixels with
-    the same argmax label).
+    Same graph contract as :func:`export_onnx`. Needs the ``openvino`` package (``pip install rtseg[deploy]``).
     """
-    import onnxruntime as ort
+    ov = _import("openvino", "OpenVINO export")
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise ExportError(f"{path}: an OpenVINO IR path must end in .xml (the weights go to a .bin beside it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "m.onnx", size=size, dynamic=dynamic, argmax=argmax, fold=fold)
+        ir = ov.convert_model(str(onnx_path))
+        for k, v in graph_metadata(model, None if dynamic else size, argmax).items():
+            ir.set_rt_info(v, ["rtseg", k])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ir, str(path), compress_to_fp16=False)  # fp32 weights; precision is a runtime choice
+    return path
 
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
+                       dynamic: bool = False, argmax: bool = False, fold: bool = True) -> Path:
+    """Write a traced, frozen TorchScript module (``torch.jit.load``-able without rtseg), same contract."""
+    _check_size(model, size, dynamic)
+    net = deploy_model(model) if fold else model.eval()
+    net = _ArgmaxHead(net) if argmax else net
+    path = Path(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(torch.jit.trace(net.eval(), _example(size), check_trace=False))
+        meta = graph_metadata(model, None if dynamic else size, argmax)
+        with atomic_open(path, "wb") as f:
+            torch.jit.save(traced, f, _extra_files={"rtseg.json": json.dumps(meta)})
+    except Exception as e:
+        raise ExportError(f"TorchScript export of {_name(model)} failed: {str(e).strip().splitlines()[0]}") from e
+    return path
+
+
+def _import(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ExportError(f"{what} needs the {module!r} package: pip install 'rtseg[deploy]'") from None
+
+
+def _run_exported(path: Path, fmt: str, image: np.ndarray) -> np.ndarray:
+    if fmt == "onnx":
+        ort = _import("onnxruntime", "running an ONNX graph")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: image})[0]
+    if fmt == "openvino":
+        ov = _import("openvino", "running an OpenVINO IR")
+        # f32 explicitly: on CPUs with bf16 support the plugin's default inference precision is bf16
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return compiled(image)[0]
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path)).eval()(torch.from_numpy(image)).numpy()
+    raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def verify_export(model: nn.Module, path: str | os.PathLike, fmt: str = "onnx",
+                  size: tuple[int, int] | None = None, image: torch.Tensor | None = None) -> dict[str, Any]:
+    """Run the exported file in its runtime (ONNX Runtime / OpenVINO fp32 / TorchScript) and compare with
+    the original (un-fused) PyTorch ``model`` on the same ``1 x 3 x H x W`` input.
+
+    Returns ``max_abs`` (largest logit difference; None for argmax graphs), ``agreement`` (fraction of
+    pixels with the same label) and ``size``.
+    """
     if image is None:
         if size is None:
-            raise ValueError("verify_onnx needs size or image")
-        image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: image.numpy()})[0]
+            raise ValueError("verify_export needs size or image")
+        image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    out = _run_exported(Path(path), fmt, image.numpy())
     with torch.inference_mode():
         ref = model.eval()(image).numpy()
     ref_lab = ref.argmax(1)
+    res: dict[str, Any] = {"size": list(image.shape[-2:])}
     if out.ndim == 3:  # in-graph argmax
-        return {"max_abs": None, "agreement": float((out == ref_lab).mean())}
-    return {"max_abs": float(np.abs(out - ref).max()), "agreement": float((out.argmax(1) == ref_lab).mean())}
+        res.update(max_abs=None, agreement=float((out == ref_lab).mean()))
+    else:
+        res.update(max_abs=float(np.abs(out - ref).max()), agreement=float((out.argmax(1) == ref_lab).mean()))
+    return res
+
+
+def verify_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] | None = None,
+                image: torch.Tensor | None = None) -> dict[str, Any]:
+    """:func:`verify_export` for an ONNX file in ONNX Runtime (kept for existing callers)."""
+    return verify_export(model, path, "onnx", size=size, image=image)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote and how well it matches PyTorch (``checks``: one per verified size)."""
+
+    path: str
+    format: str
+    model: str
+    size: list[int] | None
+    argmax: bool
+    fused: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", size: tuple[int, int] = (512, 1024),
+           dynamic: bool = False, argmax: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
+           min_agreement: float = 0.999) -> ExportResult:
+    """Export the deploy form of ``model`` to ``format`` (``onnx``/``openvino``/``torchscript``) and verify it.
+
+    The graph takes ``B x 3 x H x W`` float RGB in [0, 1] at ``size`` (``dynamic=True``: any batch and any
+    sides divisible by ``size_divisor``; verified at ``size`` and at a second, different size). Raises
+    :class:`ExportError` when the exported graph disagrees with PyTorch on more than ``1 - min_agreement``
+    of the pixels.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    _check_exportable(model)
+    size = (int(size[0]), int(size[1]))
+    if format == "onnx":
+        p = export_onnx(model, path, size=size, opset=opset, dynamic=dynamic, argmax=argmax, fold=True)
+    elif format == "openvino":
+        p = export_openvino(model, path, size=size, dynamic=dynamic, argmax=argmax)
+    else:
+        p = export_torchscript(model, path, size=size, dynamic=dynamic, argmax=argmax)
+    res = ExportResult(path=str(p), format=format, model=_name(model), size=None if dynamic else list(size),
+                       argmax=argmax, fused=True)
+    if verify:
+        sizes = [size]
+        if dynamic:
+            d = int(getattr(model, "size_divisor", 1))
+            sizes.append((size[0] + 2 * d, max(d, size[1] - d)))
+        for s in sizes:
+            check = verify_export(model, p, format, size=s)
+            res.checks.append(check)
+            if check["agreement"] < min_agreement:
+                raise ExportError(f"{p}: the {format} graph agrees with PyTorch on only "
+                                  f"{100 * check['agreement']:.3f}% of the pixels at {s[0]}x{s[1]}")
+    return res

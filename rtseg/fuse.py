@@ -1,0 +1,194 @@
+"""Deploy form: fold every eval-mode BatchNorm into the convolution that feeds it.
+
+The mechanism is generic and needs no per-family list: :func:`fold_batchnorm` runs the model once on a
+small input while recording, for every tensor, which module produced it and how many operations consumed
+it (module hooks + a ``TorchFunctionMode``). A ``BatchNorm2d`` whose input is the output of exactly one
+``Conv2d``/``ConvTranspose2d`` call, consumed by nothing but that BatchNorm, is folded into the conv's
+weight and bias and replaced by ``nn.Identity``. A BatchNorm with no such conv (ERFNet/ESSNet/ENet
+downsamplers normalise ``cat(conv(x), maxpool(x))``) becomes a :class:`ChannelAffine` (one fused
+multiply-add, no running statistics). The result is then checked against the original model on the same
+input; any mismatch raises instead of returning a silently different network.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["ChannelAffine", "FoldReport", "FuseError", "fold_batchnorm"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+class FuseError(RuntimeError):
+    """BatchNorm folding changed the model's outputs (the folded model is not returned)."""
+
+
+class ChannelAffine(nn.Module):
+    """Frozen per-channel ``y = x * scale + shift`` for ``B x C x ...`` inputs (an eval BatchNorm, pre-computed)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(self.shift.view(shape), x, self.scale.view(shape))
+
+    def extra_repr(self) -> str:
+        return f"{self.scale.numel()}"
+
+
+@dataclass
+class FoldReport:
+    """What :func:`fold_batchnorm` did: BN names folded into a conv (with the conv), made affine, and the check."""
+
+    folded: dict[str, str] = field(default_factory=dict)
+    affine: list[str] = field(default_factory=list)
+    max_abs_error: float = 0.0
+
+
+def _bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    if bn.running_mean is None or bn.running_var is None:
+        raise FuseError("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+    inv = torch.rsqrt(bn.running_var.double() + bn.eps)
+    w = bn.weight.double() if bn.weight is not None else torch.ones_like(inv)
+    b = bn.bias.double() if bn.bias is not None else torch.zeros_like(inv)
+    scale = w * inv
+    return scale, b - bn.running_mean.double() * scale
+
+
+@torch.no_grad()
+def _fold_into_conv(conv: nn.Module, bn: nn.Module) -> None:
+    """``bn(conv(x)) == conv'(x)``: scale the output channels of the conv, fold the shift into its bias."""
+    scale, shift = _bn_scale_shift(bn)
+    w = conv.weight.double()
+    if isinstance(conv, nn.ConvTranspose2d):
+        # weight: Cin x (Cout/g) x kh x kw; output channel o = group * (Cout/g) + j
+        g = conv.groups
+        cin, cog = w.shape[:2]
+        w = w.view(g, cin // g, cog, *w.shape[2:]) * scale.view(g, 1, cog, *([1] * (w.dim() - 2)))
+        w = w.view(cin, cog, *w.shape[3:])
+    else:  # Cout x (Cin/g) x kh x kw
+        w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    dtype = conv.weight.dtype
+    conv.weight = nn.Parameter(w.to(dtype), requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter((b * scale + shift).to(dtype))
+
+
+class _Recorder(TorchFunctionMode):
+    """Counts how many tensor-producing torch operations consume each tensor (by id; all kept alive meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uses: dict[int, int] = {}
+        self.keep: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        results = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if results:  # shape / dim queries return no tensor and are not data uses
+            for t in tree_flatten((args, kwargs))[0]:
+                if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
+                    self.uses[id(t)] = self.uses.get(id(t), 0) + 1
+            self.keep.extend(results)
+        return out
+
+
+def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, str], list[str]]:
+    """(bn name -> conv name) for foldable pairs, and the BN names with no foldable conv."""
+    names = {id(m): n for n, m in model.named_modules()}
+    produced: dict[int, str] = {}  # tensor id -> conv name
+    calls: dict[str, int] = {}
+    bn_inputs: dict[str, int] = {}
+    handles = []
+
+    def conv_hook(mod, inp, out):  # noqa: ANN001
+        n = names[id(mod)]
+        calls[n] = calls.get(n, 0) + 1
+        produced[id(out)] = n
+
+    def bn_hook(mod, inp):  # noqa: ANN001
+        n = names[id(mod)]
+        calls[n] = calls.get(n, 0) + 1
+        bn_inputs[n] = id(inp[0])
+
+    for m in model.modules():
+        if isinstance(m, _CONV):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, _BN):
+            handles.append(m.register_forward_pre_hook(bn_hook))
+    rec = _Recorder()
+    try:
+        with torch.no_grad(), rec:
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    del out
+    pairs, affine = {}, []
+    for bn, tid in bn_inputs.items():
+        conv = produced.get(tid)
+        # the conv must run once, feed only this BN (which runs once), else scaling its weight changes others
+        if conv is not None and calls[conv] == 1 and calls[bn] == 1 and rec.uses.get(tid, 0) == 1:
+            pairs[bn] = conv
+        else:
+            affine.append(bn)
+    return pairs, affine
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, inplace: bool = False,
+                   atol: float = 1e-4, report: FoldReport | None = None) -> nn.Module:
+    """The eval-mode deploy form of ``model`` with no BatchNorm left; outputs equal to the original's.
+
+    Args:
+        model: any module taking one ``B x 3 x H x W`` tensor (every rtseg model).
+        example: input used to trace which conv feeds which BN and to check the result
+            (default ``1 x 3 x 64 x 64`` uniform in [0, 1]).
+        inplace: modify ``model`` itself instead of a deep copy.
+        atol: largest allowed ``max |folded - original|``, scaled by ``max(1, max |original|)``.
+        report: filled with the folded / affine BN names and the measured error.
+
+    Returns the folded model in eval mode. Raises :class:`FuseError` if the check fails.
+    """
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    if example is None:
+        example = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    example = example.to(next(model.parameters()).device)
+    if not any(isinstance(m, _BN) for m in model.modules()):
+        return model
+    with torch.no_grad():
+        ref = model(example)
+    pairs, affine = _trace(model, example)
+    for bn_name, conv_name in pairs.items():
+        _fold_into_conv(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        _set(model, bn_name, nn.Identity())
+    for bn_name in affine:
+        bn = model.get_submodule(bn_name)
+        scale, shift = _bn_scale_shift(bn)
+        _set(model, bn_name, ChannelAffine(scale.to(bn.running_mean.dtype), shift.to(bn.running_mean.dtype)))
+    with torch.no_grad():
+        out = model(example)
+    err = float((out - ref).abs().max()) if out.shape == ref.shape else float("inf")
+    tol = atol * max(1.0, float(ref.abs().max()))
+    if not err <= tol:
+        raise FuseError(f"folding BatchNorm changed the outputs of {getattr(model, 'rtseg_name', type(model).__name__)}"
+                        f" by {err:.3g} (> {tol:.3g})")
+    if report is not None:
+        report.folded, report.affine, report.max_abs_error = dict(pairs), list(affine), err
+    return model
