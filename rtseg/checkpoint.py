@@ -57,6 +57,12 @@ def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
     if class_names is not None and len(class_names) != kwargs.get("num_classes", len(class_names)):
         raise ValueError(f"{len(class_names)} class names given for a model with {kwargs['num_classes']} classes")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    from rtseg.grouping import grouping_meta  # late import, like the models below
+
+    meta.pop("grouping", None)  # the model's own record is the truth (a converted model drops it)
+    grouping = grouping_meta(model)  # gradual-grouping / deploy form: rebuilt by load_model
+    if grouping is not None:
+        meta["grouping"] = grouping
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
@@ -106,6 +112,14 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
     except KeyError as e:
         raise CheckpointError(f"{path}: {e.args[0]}") from None
     model = create_model(ckpt["model"], **ckpt["model_kwargs"])
+    grouping = (ckpt.get("meta") or {}).get("grouping")
+    if grouping:  # masked (gradual-grouping) or converted structure: rebuild it before loading weights
+        from rtseg.grouping import apply_grouping_meta
+
+        try:
+            model = apply_grouping_meta(model, grouping)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: cannot rebuild the grouped model ({e})") from None
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise CheckpointError(

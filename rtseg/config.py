@@ -94,6 +94,18 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 disables (the papers do not clip)
     ema: float = 0.0  # EMA decay of the weights (e.g. 0.999); 0 disables
 
+    # ---- gradual grouping and decoder attachment (ESSNet thesis §3.5; docs/gradual_grouping.md) -
+    gradual_groups: int = 0  # g >= 2: masked convs go dense -> g groups as alpha falls 1 -> 0; 0 = off
+    gradual_scope: str = "encoder"  # convs to group: 'encoder' (the thesis), 'decoder' or 'all'
+    gradual_kernels: str = "pointwise"  # 'pointwise' = 1x1 convs only; 'all' = any k x k conv
+    gradual_shuffle: bool = False  # ESSNet conv-modules get the DGCS shuffle (-> essnet_dg{g}s)
+    alpha_schedule: str = "linear"  # how alpha falls: 'linear', 'cosine' or 'step'
+    alpha_start_epoch: int = 0  # global epoch (0-based, counted across stages) where alpha starts to fall
+    alpha_epochs: int = 10  # epochs alpha takes to reach 0; the rest fine-tunes the grouped net
+    alpha_steps: int = 4  # 'step' schedule: number of equal drops
+    decoder_warmup_epochs: int = 0  # §3.5.1: first N 'full'-stage epochs barely move the encoder
+    encoder_lr_scale: float = 1e-16  # encoder lr factor during that warm-up (5e-4 x 1e-16 = 5e-20)
+
     # ---- engine -------------------------------------------------------------------------------
     device: str = "auto"  # 'auto' = cuda when available, else cpu; or 'cpu', 'cuda', 'cuda:1'
     amp: bool = True  # mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA
@@ -156,7 +168,40 @@ class TrainConfig:
         need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         need(0 <= self.ema < 1, f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
         need(self.workers is None or self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        self._validate_grouping(need)
         return self
+
+    def _validate_grouping(self, need: Any) -> None:
+        from rtseg.grouping import ALPHA_SCHEDULES, KERNELS, SCOPES
+
+        need(self.gradual_groups >= 0, f"gradual_groups must be >= 2 (0 or 1 = off), got {self.gradual_groups}")
+        for key, val, choices in (
+            ("gradual_scope", self.gradual_scope, SCOPES),
+            ("gradual_kernels", self.gradual_kernels, KERNELS),
+            ("alpha_schedule", self.alpha_schedule, ALPHA_SCHEDULES),
+        ):
+            need(
+                val in choices, f"{key}: unknown value {val!r}{_suggest(val, choices)}; choose from {choices}"
+            )
+        need(self.alpha_epochs >= 1, f"alpha_epochs must be >= 1, got {self.alpha_epochs}")
+        need(self.alpha_start_epoch >= 0, f"alpha_start_epoch must be >= 0, got {self.alpha_start_epoch}")
+        need(self.alpha_steps >= 1, f"alpha_steps must be >= 1, got {self.alpha_steps}")
+        need(
+            self.decoder_warmup_epochs >= 0, f"decoder_warmup_epochs must be >= 0, got {self.decoder_warmup_epochs}"
+        )
+        need(0 <= self.encoder_lr_scale <= 1, f"encoder_lr_scale must be in [0, 1], got {self.encoder_lr_scale}")
+        need(
+            not self.gradual_shuffle or self.gradual_groups >= 2,
+            "gradual_shuffle needs gradual_groups >= 2",
+        )
+        if self.gradual_groups >= 2:
+            total = sum(self.stage_epochs(s) for s in self.stages)
+            zero = self.alpha_start_epoch + self.alpha_epochs
+            need(
+                zero <= total - 1,
+                f"alpha_start_epoch + alpha_epochs = {zero}: alpha would not reach 0 by the last of the "
+                f"{total} epochs (it must, so that the run ends grouped); lower alpha_epochs or train longer",
+            )
 
 
 # --------------------------------------------------------------------------------------------

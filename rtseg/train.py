@@ -237,8 +237,16 @@ def _init_from(model: nn.Module, path: str) -> int:
     return len(take)
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(model: nn.Module, cfg: TrainConfig, split_encoder: bool = False) -> torch.optim.Optimizer:
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if split_encoder:  # decoder attachment (thesis §3.5.1): group 1 = the encoder, whose lr is scaled
+        if not isinstance(getattr(model, "encoder", None), nn.Module):
+            raise ConfigError("decoder_warmup_epochs needs a model with an `encoder` submodule")
+        enc = {id(p) for p in model.encoder.parameters()}
+        params = [
+            {"params": [p for p in params if id(p) not in enc]},
+            {"params": [p for p in params if id(p) in enc]},
+        ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -447,6 +455,9 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
     from rtseg.models import create_model
 
     model = create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
+    from rtseg.grouping import gradual_setup, set_alpha
+
+    alpha_at = gradual_setup(model, cfg)  # gradual grouping: masked convs + alpha schedule (None when off)
     if cfg.init and state is None:
         n = _init_from(model, cfg.init)
         if d.main and cfg.progress:
@@ -532,7 +543,8 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
         n_epochs = cfg.stage_epochs(stage)
         encoder_only = stage == "encoder"
         # A fresh optimiser per stage: stage two starts from the stage-one encoder, not its momentum.
-        optimizer = _optimizer(model, cfg)
+        warmup = cfg.decoder_warmup_epochs if stage == "full" else 0
+        optimizer = _optimizer(model, cfg, split_encoder=warmup > 0)
         scheduler = _scheduler(optimizer, cfg, n_epochs, steps)
         best = {"score": -math.inf, "miou": None, "epoch": None}
         if ema is not None:
@@ -554,6 +566,15 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
         for epoch in range(first, n_epochs):
             global_epoch = epoch_offset + epoch
             train_sampler.set_epoch(global_epoch)
+            alpha = None
+            if alpha_at is not None:  # stepped per epoch: a function of the global epoch, so resume-exact
+                alpha = alpha_at(global_epoch)
+                for m in (model, ema.module if ema is not None else None):
+                    if m is not None:
+                        set_alpha(m, alpha)
+                if alpha == 0.0 and alpha_at(global_epoch - 1) > 0.0:
+                    best = {"score": -math.inf, "miou": None, "epoch": None}  # best.pt = a convertible model
+            enc_lr = optimizer.param_groups[1] if warmup > 0 and epoch < warmup else None
             net.train()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -574,7 +595,11 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]
+                if enc_lr is not None:  # schedulers never see the scaled value: it is restored right after
+                    saved_lr, enc_lr["lr"] = enc_lr["lr"], enc_lr["lr"] * cfg.encoder_lr_scale
                 scaler.step(optimizer)
+                if enc_lr is not None:
+                    enc_lr["lr"] = saved_lr
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 if cfg.scheduler == "poly" and not cfg.poly_by_epoch:
@@ -633,6 +658,10 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                 "img_per_s": round(steps * cfg.batch_size * d.world / train_time, 2),
                 "data_wait_s": round(data_s, 3),
             }
+            if alpha is not None:
+                record["alpha"] = alpha
+            if warmup > 0:
+                record["encoder_lr"] = lr * cfg.encoder_lr_scale if enc_lr is not None else lr
             history.append(record)
             score = -train_loss if val_loader is None else (metrics["miou"] if metrics is not None else None)
             improved = score is not None and not math.isnan(score) and score > best["score"]

@@ -31,11 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON document (keys params, macs, flops, latency_ms, ...)")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("convert", help="convert a reference implementation's state dict into an rtseg checkpoint")
-    p.add_argument("src", type=Path, help="input state dict (.pth)")
+    p = sub.add_parser("convert", help="convert a reference implementation's state dict into an rtseg checkpoint, "
+                       "or an rtseg checkpoint into its deploy form (--to grouped)")
+    p.add_argument("src", type=Path, help="input state dict (.pth), or an rtseg checkpoint with --to")
     p.add_argument("dst", type=Path, help="output rtseg checkpoint (.pt)")
-    p.add_argument("--source", required=True, help="which code base the weights come from (e.g. enet-davidtvs)")
+    p.add_argument("--source", default=None, help="which code base the weights come from (e.g. enet-davidtvs)")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes (default: from the weights)")
+    p.add_argument("--to", choices=["grouped"], default=None,
+                   help="'grouped': masked (gradual-grouping) convs -> real grouped convs, BatchNorm folded "
+                   "(rtseg.convert_to_deploy); SRC is an rtseg checkpoint")
+    p.add_argument("--keep-bn", action="store_true",
+                   help="with --to grouped: do not fold BatchNorm (the result is then saved as the natively "
+                   "grouped model where one is registered, e.g. essnet_d -> essnet_dg2s)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -135,7 +142,35 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from rtseg.convert import convert_file
 
+    if args.to is not None:
+        return _convert_to_grouped(args)
+    if args.source is None:
+        raise UsageError("give --source (foreign weights to import) or --to grouped (deploy form of a checkpoint)")
+    if args.keep_bn:
+        raise UsageError("--keep-bn only applies with --to grouped")
     kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
     out = convert_file(args.source, args.src, args.dst, **kw)
     print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _convert_to_grouped(args: argparse.Namespace) -> int:
+    from rtseg.checkpoint import load_model, save_model
+    from rtseg.grouping import convert_to_deploy, masked_convs
+
+    if args.source is not None or args.num_classes is not None:
+        raise UsageError("--to converts an rtseg checkpoint: --source and --num-classes do not apply")
+    model = load_model(args.src)
+    if not any(True for _ in masked_convs(model)):
+        raise UsageError(f"{args.src}: no masked (gradual-grouping) convs to convert; train with gradual_groups=G")
+    try:
+        out = convert_to_deploy(model, fold_bn=not args.keep_bn)
+    except ValueError as e:
+        raise UsageError(f"{args.src}: {e}") from None
+    meta = {k: v for k, v in model.rtseg_meta.items() if k != "input"}
+    meta["converted_from"] = {"file": args.src.name, "model": model.rtseg_name, "to": "grouped",
+                              "bn_folded": not args.keep_bn}
+    save_model(out, args.dst, **meta)
+    print(f"wrote {args.dst} ({out.rtseg_name}, {sum(p.numel() for p in out.parameters()):,} params)",
+          file=sys.stderr)
     return 0
