@@ -104,12 +104,16 @@ def affine_crop(
 def _to_tensors(image: np.ndarray, label: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
+    if (
+        not image.flags.writeable
+    ):  # decode caches hand out read-only views; torch wants to own writable memory
+        image = image.copy()
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     lab = None
     if label is not None:
         if label.shape != image.shape[:2]:
             raise ValueError(f"label {label.shape} does not match image {image.shape[:2]}")
-        lab = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64, copy=False))
+        lab = torch.from_numpy(label.astype(np.int64))  # a writable copy, also of read-only caches
     return img, lab
 
 
