@@ -3,13 +3,14 @@
 Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, adding parsers whose
 ``func(args) -> int`` does the work by calling the public Python API with the same words.
 Errors a user can fix (bad argument, missing file, unknown model) exit with status 2 and one
-line on stderr.
+line on stderr; set ``RTSEG_DEBUG=1`` to get the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 #: subcommand modules, in the order they appear in ``rtseg --help``
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, FileNotFoundError, KeyError, ValueError) as e:
-        from rtseg.checkpoint import CheckpointError  # noqa: F401  (a ValueError subclass)
-
+    except (UsageError, OSError, KeyError, ValueError) as e:  # CheckpointError/ConfigError are ValueErrors
+        if os.environ.get("RTSEG_DEBUG"):
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"rtseg {args.command}: error: {msg}", file=sys.stderr)
         return 2
@@ -70,4 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: subcommands raise rtseg.cli.UsageError,
+    # which is a different class from __main__.UsageError.
+    from rtseg.cli import main as _main
+
+    sys.exit(_main())
