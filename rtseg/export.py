@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from rtseg._io import atomic_open
 
@@ -124,13 +124,14 @@ def _check_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> None:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
                 opset: int = DEFAULT_OPSET, dynamic: bool = False, argmax: bool = False,
-                fold: bool = False) -> Path:
+                fold: bool = False, dynamic_batch: bool = False) -> Path:
     """Write ``model`` (eval mode) as ONNX to ``path`` atomically.
 
     Graph input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1] (normalisation is inside the graph);
     output ``logits`` (``B x C x H x W`` float32) or, with ``argmax=True``, ``labels`` (``B x H x W`` uint8).
     ``dynamic=True`` makes batch, height and width symbolic (sides must then be multiples of
-    ``size_divisor``). ``fold=True`` exports :func:`deploy_model` of ``model`` (``export`` always does).
+    ``size_divisor``); ``dynamic_batch=True`` only the batch. ``fold=True`` exports :func:`deploy_model`
+    of ``model`` (``export`` always does).
     """
     _check_exportable(model)
     if opset < 17:
@@ -143,6 +144,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     out_name = "labels" if argmax else "logits"
     axes = ({"image": {0: "batch", 2: "height", 3: "width"}, out_name: {0: "batch", 1 + (not argmax): "height",
              2 + (not argmax): "width"}} if dynamic else None)
+    if dynamic_batch and not dynamic:
+        axes = {"image": {0: "batch"}, out_name: {0: "batch"}}
     path = Path(path)
     try:
         import onnx

@@ -1,0 +1,373 @@
+"""``rtseg.Segmenter``: one inference front end over PyTorch, ONNX Runtime and OpenVINO, fp32 / bf16 / int8.
+
+Every backend runs the deploy form of the model (:func:`rtseg.export.deploy_model`: BatchNorm folded,
+grouped convs) with the normalisation inside the graph, so a backend only has to be fed ``B x 3 x H x W``
+float RGB in [0, 1]. Images are resized to the model input size when one is fixed (``size=``) and the
+logits are resized back to each image's own resolution before the argmax, so ``predict`` always returns
+labels at the source resolution. Without a fixed size the graphs are shape-dynamic and images are padded
+to a multiple of ``size_divisor`` with the per-channel mean (zero after normalisation -- exactly what the
+PyTorch model's own padding does), then cropped back.
+
+INT8 is post-training static quantization by the runtime's own tool: OpenVINO NNCF ``nncf.quantize`` or
+ONNX Runtime ``quantize_static`` (QDQ, per-channel weights), calibrated on ``calibration`` images.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BACKENDS", "PRECISIONS", "Segmenter", "cpu_supports_bf16", "load_images"]
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+ImageLike = Union[np.ndarray, str, os.PathLike]
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), which bf16 inference needs."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def _read_image(path: str | os.PathLike) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+
+
+def load_images(source: Any, limit: int | None = None) -> list[np.ndarray]:
+    """``H x W x 3`` uint8 RGB images from a folder, glob pattern, list of paths / arrays or a ``SegDataset``.
+
+    With ``limit``, at most ``limit`` images spread evenly over the source (calibration wants variety).
+    """
+    from rtseg.data.base import SegDataset
+
+    def pick(n: int) -> list[int]:
+        if limit is None or n <= limit:
+            return list(range(n))
+        return sorted({int(i) for i in np.linspace(0, n - 1, limit)})
+
+    if isinstance(source, SegDataset):
+        return [source[i][0] for i in pick(len(source))]
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files = [p]
+        else:
+            files = sorted(Path(f) for f in glob.glob(str(source), recursive=True))
+        if not files:
+            raise FileNotFoundError(f"{source}: no images found")
+        return [_read_image(files[i]) for i in pick(len(files))]
+    items = list(source)
+    if not items:
+        raise ValueError("no images given")
+    return [_as_image(items[i]) for i in pick(len(items))]
+
+
+def _as_image(img: ImageLike) -> np.ndarray:
+    if isinstance(img, (str, os.PathLike)):
+        return _read_image(img)
+    a = np.asarray(img)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB image, got an array of shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image (0-255), got dtype {a.dtype}")
+    return a
+
+
+class Segmenter:
+    """Segment images with an rtseg model on a chosen runtime and numeric precision.
+
+    Args:
+        weights: rtseg checkpoint path, shipped weights name, or a model from :func:`rtseg.create_model`.
+        backend: ``"torch"`` (eager, BatchNorm folded), ``"onnxruntime"`` or ``"openvino"`` (CPU).
+        precision: ``"fp32"``; ``"bf16"`` (torch autocast or OpenVINO's bf16 inference precision; needs a CPU
+            with AVX512-BF16/AMX); ``"int8"`` (onnxruntime / openvino, needs ``calibration``).
+        size: fixed model input ``(H, W)``: images are resized to it and the logits back. ``None`` runs every
+            image at its own resolution (shape-dynamic graphs).
+        threads: CPU threads (default: all cores).
+        calibration: int8 calibration images (folder, glob, list of paths/arrays, or a ``SegDataset``).
+        calibration_size: how many calibration images to use (spread evenly over ``calibration``).
+
+    ``predict(image)`` maps an ``H x W x 3`` uint8 RGB image (or a path) to ``H x W`` uint8 labels;
+    a list (or a ``B x H x W x 3`` array) gives a list (``B x H x W`` array). ``logits`` returns float32
+    ``C x H x W`` per image, at the source resolution.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | nn.Module,
+        backend: str = "torch",
+        precision: str = "fp32",
+        size: tuple[int, int] | None = None,
+        threads: int | None = None,
+        calibration: Any = None,
+        calibration_size: int = 32,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        if precision == "int8" and backend == "torch":
+            raise ValueError("precision='int8' runs on backend='openvino' or 'onnxruntime' (quantized by their tools)")
+        if precision == "bf16" and backend == "onnxruntime":
+            raise ValueError("ONNX Runtime's CPU provider has no bf16 convolutions: use backend='openvino' or 'torch'")
+        if precision == "bf16" and not cpu_supports_bf16():
+            raise ValueError("precision='bf16' needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has none")
+        if precision == "int8" and calibration is None:
+            raise ValueError("precision='int8' needs calibration images (calibration=folder, glob, list or dataset)")
+        if isinstance(weights, nn.Module):
+            model = weights
+        else:
+            from rtseg.checkpoint import load_model
+
+            model = load_model(weights)
+        self.model = model.eval()
+        self.backend, self.precision = backend, precision
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.threads = int(threads or os.cpu_count() or 1)
+        self.num_classes = int(model.num_classes)
+        meta = getattr(model, "rtseg_meta", None) or {}
+        self.class_names = meta.get("class_names")
+        self.divisor = int(getattr(model, "size_divisor", 1))
+        self.mean = model.mean.detach().flatten().float() if hasattr(model, "mean") else torch.zeros(3)
+        if self.size is not None and (self.size[0] % self.divisor or self.size[1] % self.divisor):
+            raise ValueError(f"size {self.size[0]}x{self.size[1]} must be a multiple of {self.divisor} for "
+                             f"{getattr(model, 'rtseg_name', type(model).__name__)}")
+        self._tmp = tempfile.mkdtemp(prefix="rtseg-segmenter-")
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        t0 = time.perf_counter()
+        calib = None
+        if precision == "int8":
+            calib = [self._prep(torch.from_numpy(im).permute(2, 0, 1)[None].float().div_(255),
+                                self.size or self._export_size())[0].numpy()
+                     for im in load_images(calibration, calibration_size)]
+        self._run = getattr(self, f"_build_{backend}")(calib)
+        self.build_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------------------------ backends
+    def _default_size(self) -> tuple[int, int]:
+        from rtseg.models._registry import model_info
+
+        name = getattr(self.model, "rtseg_name", None)
+        return tuple(model_info(name).default_size) if name else (512, 1024)
+
+    def _export_size(self) -> tuple[int, int]:
+        return self.size or tuple(-(-s // self.divisor) * self.divisor for s in self._default_size())
+
+    def _build_torch(self, calib: Any) -> Any:
+        from rtseg.export import deploy_model
+
+        net = deploy_model(self.model)
+        torch.set_num_threads(self.threads)
+        bf16 = self.precision == "bf16"
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return net(torch.from_numpy(x)).float().numpy()
+
+        self.deploy_model = net
+        return run
+
+    def _onnx(self) -> Path:
+        from rtseg.export import export_onnx
+
+        return export_onnx(self.model, Path(self._tmp) / "model.onnx", size=self._export_size(),
+                           dynamic=self.size is None, dynamic_batch=True, fold=True)
+
+    def _build_onnxruntime(self, calib: list[np.ndarray] | None) -> Any:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("backend='onnxruntime' needs onnxruntime: pip install 'rtseg[deploy]'") from None
+        path = self._onnx()
+        if calib is not None:
+            path = self._quantize_ort(path, calib)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        self.model_path = path
+        return lambda x: sess.run(None, {name: x})[0]
+
+    def _quantize_ort(self, path: Path, calib: list[np.ndarray]) -> Path:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+            shape_inference,
+        )
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter(calib)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                x = next(self.it, None)
+                return None if x is None else {"image": x}
+
+        pre = Path(self._tmp) / "model.pre.onnx"
+        try:  # ONNX Runtime's recommended pre-pass (shape inference, graph clean-up) before quantizing
+            shape_inference.quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001 -- optional step: quantize the unprocessed graph instead
+            pre = path
+        out = Path(self._tmp) / "model.int8.onnx"
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return out
+
+    def _build_openvino(self, calib: list[np.ndarray] | None) -> Any:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ImportError("backend='openvino' needs openvino: pip install 'rtseg[deploy]'") from None
+        ir = ov.convert_model(str(self._onnx()))
+        if self.size is not None:  # fully static graph at batch 1: the fastest form for the CPU plugin
+            ir.reshape([1, 3, *self.size])
+        if calib is not None:
+            try:
+                import nncf
+            except ImportError:
+                raise ImportError("int8 with openvino needs nncf: pip install 'rtseg[deploy]'") from None
+            ir = nncf.quantize(ir, nncf.Dataset(calib), subset_size=len(calib),
+                               preset=nncf.QuantizationPreset.MIXED)
+        config = {
+            # explicit: on bf16-capable CPUs the plugin's default inference precision is bf16, not f32
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": self.threads,
+        }
+        self.ov_model = ir
+        self.compiled = compiled = ov.Core().compile_model(ir, "CPU", config)
+        request = compiled.create_infer_request()
+        static = self.size is not None
+
+        def run(x: np.ndarray) -> np.ndarray:
+            if static and x.shape[0] != 1:
+                return np.concatenate([run(x[i : i + 1]) for i in range(x.shape[0])])
+            request.infer({0: x})
+            return request.get_output_tensor(0).data.copy()
+
+        return run
+
+    # ------------------------------------------------------------------------------------ inference
+    def _prep(self, x: torch.Tensor, size: tuple[int, int] | None) -> tuple[torch.Tensor, bool]:
+        """Resize ``B x 3 x H x W`` to ``size`` (if given) or pad to the divisor with the mean; -> (x, resized)."""
+        h, w = x.shape[-2:]
+        if size is not None and (h, w) != tuple(size):
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True), True
+        if self.backend != "torch":
+            ph, pw = (-h) % self.divisor, (-w) % self.divisor
+            if ph or pw:
+                out = self.mean.view(1, 3, 1, 1).expand(x.shape[0], 3, h + ph, w + pw).clone()
+                out[..., :h, :w] = x
+                return out, False
+        return x, False
+
+    def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x H x W`` float RGB in [0, 1] -> ``B x C x H x W`` float32 logits at the same resolution."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected B x 3 x H x W, got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        xin, resized = self._prep(x.float().contiguous(), self.size)
+        out = torch.from_numpy(np.ascontiguousarray(self._run(xin.numpy())))
+        if resized:
+            return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out[..., :h, :w]
+
+    def _batches(self, images: Any) -> tuple[list[np.ndarray], bool, bool]:
+        """-> (list of H x W x 3 uint8, single?, stacked array input?)."""
+        if isinstance(images, (str, os.PathLike)):
+            return [_as_image(images)], True, False
+        if isinstance(images, np.ndarray):
+            if images.ndim == 3:
+                return [_as_image(images)], True, False
+            if images.ndim == 4:
+                return [_as_image(a) for a in images], False, True
+            raise ValueError(f"expected H x W x 3 or B x H x W x 3 images, got shape {images.shape}")
+        items = [_as_image(a) for a in images]
+        return items, False, False
+
+    def _each(self, images: Any, labels: bool) -> Any:
+        items, single, stacked = self._batches(images)
+        outs = []
+        for im in items:
+            x = torch.from_numpy(im).permute(2, 0, 1)[None].float().div_(255.0)
+            lg = self.forward_tensor(x)[0]
+            outs.append(lg.argmax(0).to(torch.uint8).numpy() if labels else lg.numpy())
+        if single:
+            return outs[0]
+        return np.stack(outs) if stacked else outs
+
+    def predict(self, images: Any) -> Any:
+        """``H x W x 3`` uint8 RGB (or a path) -> ``H x W`` uint8 labels; lists / ``B x H x W x 3`` arrays map
+        to lists / ``B x H x W`` arrays."""
+        return self._each(images, labels=True)
+
+    def logits(self, images: Any) -> Any:
+        """Like :meth:`predict` but float32 ``C x H x W`` class scores at the source resolution."""
+        return self._each(images, labels=False)
+
+    def as_module(self) -> nn.Module:
+        """An ``nn.Module`` view (``B x 3 x H x W`` [0, 1] -> logits) for :func:`rtseg.evaluate`."""
+        return _SegmenterModule(self)
+
+    def info(self) -> dict[str, Any]:
+        """Backend, precision, size, threads and model, for logs and benchmark records."""
+        return {"model": getattr(self.model, "rtseg_name", type(self.model).__name__), "backend": self.backend,
+                "precision": self.precision, "size": list(self.size) if self.size else None,
+                "threads": self.threads, "build_s": round(self.build_seconds, 2)}
+
+    def close(self) -> None:
+        """Delete the exported graphs of this segmenter (also done when it is garbage-collected)."""
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        i = self.info()
+        return f"Segmenter({i['model']}, backend={i['backend']}, precision={i['precision']}, size={i['size']})"
+
+
+class _SegmenterModule(nn.Module):
+    def __init__(self, seg: Segmenter) -> None:
+        super().__init__()
+        self.seg = seg
+        self.num_classes = seg.num_classes
+        self.rtseg_name = f"{seg.info()['model']}[{seg.backend}/{seg.precision}]"
+        self.rtseg_meta = getattr(seg.model, "rtseg_meta", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seg.forward_tensor(x.cpu())
