@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "rtseg._cli.eval",
     "rtseg._cli.train",
     "rtseg._cli.demo",
+    "rtseg._cli.report",
+    "rtseg._cli.export", "rtseg._cli.predict", "rtseg._cli.bench",
 ]
 
 

@@ -16,7 +16,7 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -92,7 +92,7 @@ class _Recorder(TorchFunctionMode):
         self.uses: dict[int, int] = {}
         self.keep: list[torch.Tensor] = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         results = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
@@ -112,12 +112,12 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, str], list[str]
     bn_inputs: dict[str, int] = {}
     handles = []
 
-    def conv_hook(mod, inp, out):  # noqa: ANN001
+    def conv_hook(mod, inp, out):
         n = names[id(mod)]
         calls[n] = calls.get(n, 0) + 1
         produced[id(out)] = n
 
-    def bn_hook(mod, inp):  # noqa: ANN001
+    def bn_hook(mod, inp):
         n = names[id(mod)]
         calls[n] = calls.get(n, 0) + 1
         bn_inputs[n] = id(inp[0])

@@ -21,7 +21,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
-ImageLike = Union[np.ndarray, str, os.PathLike]
+ImageLike = np.ndarray | str | os.PathLike
 
 
 def cpu_supports_bf16() -> bool:
@@ -47,7 +47,7 @@ def cpu_supports_bf16() -> bool:
         return True
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
+    except (AttributeError, RuntimeError):
         return False
 
 

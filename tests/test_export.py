@@ -1,0 +1,82 @@
+"""rtseg export: ONNX / OpenVINO / TorchScript of the BN-folded model, verified against PyTorch."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rtseg import create_model, save_model
+from rtseg.cli import main
+from rtseg.export import ExportError, export, export_onnx
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def enet():
+    torch.manual_seed(0)
+    return create_model("enet", num_classes=4).eval()
+
+
+def test_onnx_opset_folded_metadata(enet, tmp_path):
+    import onnx
+
+    res = export(enet, tmp_path / "m.onnx", "onnx", size=(64, 96))
+    proto = onnx.load(str(res.path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops  # folded
+    assert "ScatterElements" in ops  # ENet's max-unpooling
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["rtseg_model"] == "enet" and meta["input_size"] == "64x96" and meta["num_classes"] == "4"
+    (check,) = res.checks
+    assert check["max_abs"] < 1e-4 and check["agreement"] == 1.0
+
+
+def test_onnx_dynamic_argmax_runs_other_sizes(enet, tmp_path):
+    import onnxruntime as ort
+
+    res = export(enet, tmp_path / "m.onnx", "onnx", size=(64, 96), dynamic=True, argmax=True)
+    assert len(res.checks) == 2 and all(c["agreement"] > 0.999 for c in res.checks)
+    sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, 48, 80)
+    out = sess.run(None, {"image": x.numpy()})[0]
+    assert out.dtype == np.uint8 and out.shape == (2, 48, 80)
+    with torch.no_grad():
+        assert (out == enet(x).argmax(1).numpy()).mean() > 0.999
+
+
+def test_openvino_runs_enet_scatter(enet, tmp_path):
+    pytest.importorskip("openvino")
+    res = export(enet, tmp_path / "m.xml", "openvino", size=(64, 96))
+    assert (tmp_path / "m.bin").is_file()
+    assert res.checks[0]["max_abs"] < 1e-4 and res.checks[0]["agreement"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_torchscript_grouped_shuffled(tmp_path):
+    model = create_model("essnet_dg2s", num_classes=3).eval()
+    res = export(model, tmp_path / "m.pt", "torchscript", size=(32, 64), argmax=True)
+    assert res.checks[0]["agreement"] == 1.0
+    loaded = torch.jit.load(res.path)
+    assert loaded(torch.rand(1, 3, 32, 64)).dtype == torch.uint8
+
+
+def test_refusals(enet, tmp_path):
+    with pytest.raises(ExportError, match="opset 13"):
+        export_onnx(enet, tmp_path / "m.onnx", size=(64, 96), opset=13)
+    with pytest.raises(ExportError, match="divisible by 8"):
+        export(enet, tmp_path / "m.onnx", size=(60, 96), dynamic=True)
+    with pytest.raises(ValueError, match="unknown export format"):
+        export(enet, tmp_path / "m.x", format="tflite")
+
+
+def test_cli_export(enet, tmp_path, capsys):
+    ckpt = save_model(enet, tmp_path / "enet.pt")
+    out = tmp_path / "e.onnx"
+    assert main(["export", str(out), "--weights", str(ckpt), "--size", "64x96", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "onnx" and doc["checks"][0]["agreement"] == 1.0 and out.is_file()
+    assert main(["export", str(out), "--weights", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
