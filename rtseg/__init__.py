@@ -4,6 +4,7 @@ from rtseg.checkpoint import load_model, save_model
 from rtseg.evaluate import evaluate  # shadows the module name; `from rtseg.evaluate import ...` works
 from rtseg.grouping import convert_to_deploy, make_gradual
 from rtseg.models import SegmentationModel, create_model, list_models, model_info, register_model
+from rtseg.report import report  # shadows the module name, like evaluate/train
 from rtseg.train import train  # the function shadows the module name; `from rtseg.train import ...` still works
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "make_gradual",
     "model_info",
     "register_model",
+    "report",
     "save_model",
     "train",
     "__version__",
