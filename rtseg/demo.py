@@ -1,7 +1,8 @@
 """``rtseg demo``: the whole pipeline on the built-in synthetic street scenes, no download.
 
 train (two-stage, the papers' recipe) -> evaluate on the held-out split -> profile the zoo on this
-machine -> overlays of predictions. Everything lands in one run folder with a ``summary.json``.
+machine -> overlays of predictions -> an HTML report of the trained run (``report/index.html``, see
+:mod:`rtseg.report`). Everything lands in one run folder with a ``summary.json``.
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays
     recipe.update(overrides)
     t0 = time.perf_counter()
 
-    print(f"[1/4] training {recipe['model']} on synthetic street scenes ({' -> '.join(recipe['stages'])})")
+    print(f"[1/5] training {recipe['model']} on synthetic street scenes ({' -> '.join(recipe['stages'])})")
     res = train(recipe)
     best = res["best_checkpoint"]
 
-    print(f"[2/4] evaluating {Path(best).name} on the synthetic val split")
+    print(f"[2/5] evaluating {Path(best).name} on the synthetic val split")
     ds_kw = dict(recipe["dataset_kwargs"])
     metrics = evaluate(best, dataset="synthetic", split="val", json_out=out / "eval.json",
                        progress=not quick, **ds_kw)
@@ -71,7 +72,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays
 
     size = (48, 64) if quick else (360, 480)
     names = PROFILE_MODELS[:1] if quick else PROFILE_MODELS
-    print(f"[3/4] profiling {', '.join(names)} at {size[0]}x{size[1]} on this machine ({os.cpu_count()} cores)")
+    print(f"[3/5] profiling {', '.join(names)} at {size[0]}x{size[1]} on this machine ({os.cpu_count()} cores)")
     profiles = []
     for name in names:
         p = profile_model(name, size=size, num_classes=7, runs=2 if quick else 10, warmup=1 if quick else 3)
@@ -79,7 +80,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays
         print(f"  {name:14s} {p.params / 1e6:6.3f} M params  {p.macs / 1e9:6.2f} GMACs  "
               f"{p.latency_ms:8.1f} ms  ({1000 / p.latency_ms:5.1f} FPS)")
 
-    print(f"[4/4] writing {overlays} prediction overlays")
+    print(f"[4/5] writing {overlays} prediction overlays")
     model = load_model(best)
     ds = build_dataset("synthetic", split="val", **ds_kw)
     rows = []
@@ -91,10 +92,19 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays
             rows.append([img, colorize(lbl, ds.palette), colorize(pred, ds.palette), overlay(img, pred, ds.palette)])
     fig = save_png(grid(rows, titles=["image", "ground truth", "prediction", "overlay"]), out / "overlays.png")
 
+    print("[5/5] writing the HTML report of the run")
+    from rtseg.report import report
+
+    # quick: a smoke run -- one thread and no ONNX export keep it seconds-long on a shared machine
+    rep = report([out / "train"], out / "report", latency_runs=2 if quick else 10, warmup=1 if quick else 3,
+                 samples=2 if quick else overlays, threads=1 if quick else None,
+                 backends=["torch"] if quick else None, progress=not quick)
+
     summary = {
         "recipe": recipe, "best_checkpoint": str(best), "val": {k: metrics[k] for k in
                                                                   ("miou", "pixel_acc", "mean_class_acc")},
         "per_class_iou": metrics["per_class_iou"], "profiles": profiles, "overlays": str(fig),
+        "report": rep["index"],
         "wall_time_s": time.perf_counter() - t0, "torch": torch.__version__,
     }
     from rtseg._io import atomic_write_text
@@ -102,4 +112,5 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays
 
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=1))
     print(f"done in {summary['wall_time_s']:.0f} s: val mIoU {metrics['miou'] * 100:.1f}; see {out}/")
+    print(f"report: {rep['index']}")
     return summary

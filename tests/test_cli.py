@@ -91,6 +91,7 @@ def test_demo_quick(tmp_path, capsys):
     assert 0.0 <= summary["val"]["miou"] <= 1.0
     assert (tmp_path / "demo" / "overlays.png").stat().st_size > 0
     assert (tmp_path / "demo" / "train" / "best.pt").is_file()
+    assert (tmp_path / "demo" / "report" / "index.html").is_file()
 
 
 def test_readme_model_table_is_generated_from_registry():
