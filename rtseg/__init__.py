@@ -4,6 +4,7 @@ from rtseg.checkpoint import load_model, save_model
 from rtseg.evaluate import evaluate  # shadows the module name; `from rtseg.evaluate import ...` works
 from rtseg.grouping import convert_to_deploy, make_gradual
 from rtseg.models import SegmentationModel, create_model, list_models, model_info, register_model
+from rtseg.segmenter import Segmenter
 from rtseg.report import report  # shadows the module name, like evaluate/train
 from rtseg.train import train  # the function shadows the module name; `from rtseg.train import ...` still works
 
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SegmentationModel",
+    "Segmenter",
     "convert_to_deploy",
     "create_model",
     "evaluate",

@@ -170,7 +170,7 @@ class Segmenter:
         t0 = time.perf_counter()
         calib = None
         if precision == "int8":
-            calib = [self._prep(torch.from_numpy(im).permute(2, 0, 1)[None].float().div_(255),
+            calib = [self._prep(torch.from_numpy(np.require(im, requirements="W")).permute(2, 0, 1)[None].float().div_(255),
                                 self.size or self._export_size())[0].numpy()
                      for im in load_images(calibration, calibration_size)]
         self._run = getattr(self, f"_build_{backend}")(calib)
@@ -326,7 +326,7 @@ class Segmenter:
         items, single, stacked = self._batches(images)
         outs = []
         for im in items:
-            x = torch.from_numpy(im).permute(2, 0, 1)[None].float().div_(255.0)
+            x = torch.from_numpy(np.require(im, requirements="W")).permute(2, 0, 1)[None].float().div_(255.0)
             lg = self.forward_tensor(x)[0]
             outs.append(lg.argmax(0).to(torch.uint8).numpy() if labels else lg.numpy())
         if single:

@@ -1,0 +1,92 @@
+"""rtseg predict: images, folders, globs, videos (a corrupt middle packet is skipped), clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rtseg import create_model, save_model
+from rtseg.bench import bench_image
+from rtseg.cli import main
+from rtseg.predict import predict, resolve_sources
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("essnet_dg2s", num_classes=4).eval()
+    return save_model(model, tmp_path_factory.mktemp("w") / "m.pt", class_names=["a", "b", "c", "d"])
+
+
+@pytest.fixture
+def photos(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, size in enumerate([(40, 56), (33, 47)]):  # odd sizes: padded and cropped back
+        Image.fromarray(bench_image(size, seed=i)).save(d / f"p{i}.png")
+    return d
+
+
+def test_images_folder_and_glob(ckpt, photos, tmp_path):
+    out = tmp_path / "out"
+    s = predict(ckpt, [str(photos), str(photos / "p1.*")], out, overlay=True, side_by_side=True, progress=False)
+    assert s.images == 3 and not s.skipped
+    lab = Image.open(out / "p0.png")
+    assert lab.mode == "P" and lab.size == (56, 40)
+    assert np.asarray(lab).max() < 4
+    assert Image.open(out / "p1_overlay.png").size == (47, 33)
+    assert Image.open(out / "p1_side.png").size == (47 * 2 + 4, 33)
+    assert (out / "p1_2.png").is_file()  # the second p1 does not overwrite the first
+
+
+def test_bad_inputs(tmp_path, ckpt):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        resolve_sources([str(tmp_path / "missing.png")])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported format"):
+        resolve_sources([str(tmp_path / "notes.txt")])
+    with pytest.raises(FileNotFoundError, match="camera 7"):
+        resolve_sources(["7"])
+    with pytest.raises(FileNotFoundError, match="matches no files"):
+        resolve_sources([str(tmp_path / "*.jpg")])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    s = predict(ckpt, [str(bad)], tmp_path / "o", progress=False)
+    assert s.images == 0 and "broken.png" in s.skipped[0]
+    assert main(["predict", str(tmp_path / "nope.jpg"), "--weights", str(ckpt), "--out", str(tmp_path)]) == 2
+
+
+def _make_video(path, n=7, h=40, w=56):
+    import av
+
+    c = av.open(str(path), "w")
+    s = c.add_stream("mjpeg", rate=10)  # intra-only: one packet per frame
+    s.height, s.width, s.pix_fmt = h, w, "yuvj420p"
+    for i in range(n):
+        for p in s.encode(av.VideoFrame.from_ndarray(bench_image((h, w), seed=i), format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+
+
+def test_video_with_corrupt_middle_packet(ckpt, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    src = tmp_path / "clip.avi"
+    _make_video(src)
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    assert len(packets) == 7
+    pos, size = packets[3]
+    data = bytearray(src.read_bytes())
+    data[pos : pos + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    src.write_bytes(bytes(data))
+
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "--weights", str(ckpt), "--out", str(out), "--side-by-side", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "clip.avi" in printed
+    with av.open(str(out / "clip_side.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 6  # 7 frames, the corrupt one skipped, the rest written
+    assert frames[0].shape == (40, 56 * 2 + 4, 3)

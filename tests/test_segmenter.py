@@ -1,0 +1,104 @@
+"""rtseg.Segmenter: same labels across backends, resize/pad back to the source resolution, clear refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+from rtseg import create_model
+from rtseg.bench import bench_image
+from rtseg.segmenter import Segmenter, cpu_supports_bf16
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("essnet_dg2s", num_classes=5).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    # textured images (no exact ties: ENet-style max-unpooling is sensitive to tie-breaking)
+    return [bench_image((70, 100), seed=1), bench_image((48, 64), seed=2)]
+
+
+def _backends():
+    out = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+
+        out.append("openvino")
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("size", [None, (64, 96)])
+def test_backends_agree_fp32(model, images, size):
+    ref = Segmenter(model, "torch", size=size)
+    want = ref.predict(images)
+    with torch.no_grad():  # native resolution: the torch backend is the plain model
+        if size is None:
+            x = torch.from_numpy(images[0]).permute(2, 0, 1)[None].float() / 255
+            assert (model(x).argmax(1)[0].numpy() == want[0]).all()
+    for backend in _backends():
+        got = Segmenter(model, backend, size=size).predict(images)
+        for g, w, im in zip(got, want, images):
+            assert g.shape == im.shape[:2] and g.dtype == np.uint8
+            assert (g == w).mean() >= 0.999, backend
+
+
+def test_shapes_and_inputs(model, images, tmp_path):
+    from PIL import Image
+
+    seg = Segmenter(model, "onnxruntime", size=(32, 64))
+    one = seg.predict(images[0])
+    assert one.shape == (70, 100) and one.dtype == np.uint8
+    lg = seg.logits(images[1])
+    assert lg.shape == (5, 48, 64) and lg.dtype == np.float32
+    batch = seg.predict(np.stack([images[1], images[1]]))
+    assert batch.shape == (2, 48, 64) and (batch[0] == batch[1]).all()
+    path = tmp_path / "a.png"
+    Image.fromarray(images[0]).save(path)
+    assert (seg.predict(str(path)) == one).all()
+    with pytest.raises(ValueError, match="uint8"):
+        seg.predict(images[0].astype(np.float32))
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        seg.predict(str(tmp_path / "nope.png"))
+
+
+def test_refusals(model):
+    with pytest.raises(ValueError, match="unknown backend"):
+        Segmenter(model, "tensorrt")
+    with pytest.raises(ValueError, match="int8"):
+        Segmenter(model, "torch", "int8", calibration=[])
+    with pytest.raises(ValueError, match="calibration"):
+        Segmenter(model, "onnxruntime", "int8")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Segmenter(model, "torch", size=(30, 64))
+
+
+def test_int8_onnxruntime_close_to_fp32(model, images):
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 7)]
+    ref = Segmenter(model, "torch", size=(64, 96)).logits(images[0])
+    q = Segmenter(model, "onnxruntime", "int8", size=(64, 96), calibration=calib).logits(images[0])
+    # random weights: judge the logits (labels of an untrained net hinge on tiny margins)
+    rel = np.abs(q - ref).mean() / np.abs(ref).mean()
+    assert rel < 0.2
+
+
+def test_int8_openvino_nncf(model, images):
+    pytest.importorskip("nncf")
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 7)]
+    ref = Segmenter(model, "torch", size=(64, 96)).logits(images[0])
+    q = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib).logits(images[0])
+    rel = np.abs(q - ref).mean() / np.abs(ref).mean()
+    assert rel < 0.2
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_bf16_torch_close(model, images):
+    ref = Segmenter(model, "torch").logits(images[0])
+    got = Segmenter(model, "torch", "bf16").logits(images[0])
+    assert np.abs(got - ref).max() < 0.05 * max(1.0, np.abs(ref).max())
