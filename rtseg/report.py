@@ -173,6 +173,16 @@ def _profiled_form(model: nn.Module) -> tuple[nn.Module, str]:
     return model, f"dense masked convs (alpha={alpha:g})"
 
 
+def _architecture(name: str, grouping: dict[str, Any] | None) -> str:
+    """Registry name plus the checkpoint's gradual-grouping state, e.g. ``essnet_d gradual g2s (alpha=0)``."""
+    if not grouping:
+        return name
+    g = f"g{grouping.get('groups')}{'s' if grouping.get('shuffle') else ''}"
+    if grouping.get("form") == "masked":
+        return f"{name} gradual {g} (alpha={grouping.get('alpha', float('nan')):g})"
+    return f"{name} grouped {g}"
+
+
 def _ort_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec(
         "rtseg.segmenter") is not None  # fmt: skip
@@ -222,7 +232,7 @@ class _Entry:
     source: _Source
     record: dict[str, Any]
     eval: dict[str, Any]
-    group: str  # dataset/split key: models compared per class / image-by-image only within a group
+    group: str  # display name of the evaluation set; per-class bars and image grids compare within one
     dskey: str  # identifies the evaluated dataset object
     picks: list[int] = field(default_factory=list)  # indices of the images shown in the qualitative grid
     samples: list[np.ndarray] = field(default_factory=list)  # predicted label maps of those images
@@ -487,7 +497,7 @@ def _table_rows(records: list[dict[str, Any]], backends: list[str]) -> tuple[lis
     rows = []
     for r in records:
         size = f"{r['size'][0]}x{r['size'][1]}"
-        row = [r["label"], r["model"], f"{r['dataset']}/{r['split']} ({r['num_images']} img, {size})",
+        row = [r["label"], r["architecture"], f"{r['dataset']}/{r['split']} ({r['num_images']} img, {size})",
                _fmt(r["params"], ".3f", 1e-6), _fmt(r["gmacs"], ".3f"), _fmt(r["miou"], ".2f", 100),
                _fmt(r["pixel_acc"], ".2f", 100)]
         row += [_lat_cell(r["latency"].get(b)) for b in backends]
@@ -506,7 +516,7 @@ def _markdown(results: dict[str, Any], backends: list[str]) -> str:
     out += [line(r) for r in rows]
     out += ["", f"Latency: median of {results['settings']['latency_runs']} runs after "
                 f"{results['settings']['warmup']} warm-up runs, batch 1, on {m['device']} "
-                f"({m['cpu']}, {m['threads']} threads), torch {m['torch']}"
+                f"({m['cpu']}, threads: {m['threads']}), torch {m['torch']}"
                 + (f", onnxruntime {m['onnxruntime']}" if m.get("onnxruntime") else "") + ".",
             ("GMACs: multiply-accumulates of one forward pass at the evaluation size (the ESSNet thesis' "
             "\"GFLOPs\")."), f"Generated {results['generated']} by `rtseg report`.", ""]
@@ -543,7 +553,7 @@ def _html(results: dict[str, Any], entries: list[_Entry], figs: dict[str, Any], 
     table += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
     lat_note = (f"Latency: median of {s['latency_runs']} runs after {s['warmup']} warm-up runs, one "
                 f"{'x'.join(map(str, results['models'][0]['size']))} image (batch 1), on {esc(m['device'])} "
-                f"({esc(m['cpu'])}, {m['threads']} threads); torch {esc(m['torch'])}"
+                f"({esc(m['cpu'])}, threads: {m['threads']}); torch {esc(m['torch'])}"
                 + (f", onnxruntime {esc(m['onnxruntime'])}" if m.get("onnxruntime") else "") + ".")
     errors = [f"<li>{esc(r['label'])} / {esc(b)}: {esc(lat['error'])}</li>" for r in results["models"]
               for b, lat in r["latency"].items() if "error" in lat]  # fmt: skip
@@ -588,7 +598,7 @@ def _html(results: dict[str, Any], entries: list[_Entry], figs: dict[str, Any], 
     parts.append("<h2>Per-model details</h2>")
     for e, r in zip(entries, results["models"]):
         t = r.get("train") or {}
-        facts = [("checkpoint", r["checkpoint"]), ("architecture", r["model"]),
+        facts = [("checkpoint", r["checkpoint"]), ("architecture", r["architecture"]),
                  ("evaluated on", f"{r['dataset']}/{r['split']}, {r['num_images']} images"),
                  ("params / MACs", (f"{r['params']:,} / {r['macs']:,} at {r['size'][0]}x{r['size'][1]} "
                                    f"({r['profiled_form']})")),
@@ -668,6 +678,7 @@ def _measure(src: _Source, ds: Any, dskey: str, dev: torch.device, *, max_images
         "run_dir": str(src.run_dir) if src.run_dir is not None else None,
         "model": ckpt["model"],
         "model_kwargs": ckpt.get("model_kwargs", {}),
+        "architecture": _architecture(ckpt["model"], meta.get("grouping")),
         "dataset": ds.name,
         "split": ds.split,
         "root": None if getattr(ds, "root", None) is None else str(ds.root),
@@ -693,6 +704,27 @@ def _measure(src: _Source, ds: Any, dskey: str, dev: torch.device, *, max_images
 def _image_and_shape(ds: Any, i: int) -> tuple[np.ndarray, tuple[int, int]]:
     img, lbl = ds[i]
     return img, tuple(lbl.shape)
+
+
+def _group_labels(keys: Sequence[str]) -> dict[str, str]:
+    """Display names of evaluation sets (JSON specs): ``name/split``, with kwargs / root where those differ."""
+    specs = {k: json.loads(k) for k in dict.fromkeys(keys)}
+    labels = {k: f"{s['name']}/{s['split']}" for k, s in specs.items()}
+    short = dict(labels)
+    for k, s in specs.items():  # e.g. two synthetic/val of different lengths: name what differs
+        twins = [specs[o] for o in specs if short[o] == short[k]]
+        if len(twins) > 1:
+            flat = [{**t["kwargs"], "root": t["root"]} for t in twins]
+            mine = {**s["kwargs"], "root": s["root"]}
+            differ = sorted(a for a in set().union(*flat) if len({json.dumps(f.get(a)) for f in flat}) > 1)
+            extra = [f"{a}={mine.get(a)}" for a in differ]
+            labels[k] += f" ({', '.join(extra)})" if extra else ""
+    seen: dict[str, int] = {}
+    for k in specs:  # still equal (names differing only in case): number them
+        seen[labels[k]] = seen.get(labels[k], 0) + 1
+        if seen[labels[k]] > 1:
+            labels[k] += f" #{seen[labels[k]]}"
+    return labels
 
 
 def _write_figures(entries: list[_Entry], datasets: dict[str, Any], out: Path
@@ -843,6 +875,9 @@ def report(
     finally:
         torch.set_num_threads(old_threads)
 
+    names_of = _group_labels([e.dskey for e in entries])
+    for e in entries:
+        e.group = names_of[e.dskey]
     say(f"writing figures to {out}")
     figs, written, palettes = _write_figures(entries, datasets, out)
 

@@ -169,3 +169,15 @@ def test_bad_inputs_are_named(runs, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(not_run) in err
     assert main(["report", str(runs[0]), "--out", str(tmp_path / "o6"), "--runs", "0"]) == 2
     assert "--runs must be >= 1" in capsys.readouterr().err
+
+
+def test_group_labels_disambiguate_same_split():
+    from rtseg.report import _group_labels
+
+    a = json.dumps({"name": "synthetic", "split": "val", "root": None, "kwargs": {"length": 8, "size": [9, 9]}})
+    b = json.dumps({"name": "synthetic", "split": "val", "root": None, "kwargs": {"length": 16, "size": [9, 9]}})
+    c = json.dumps({"name": "camvid", "split": "val", "root": "/d", "kwargs": {}}, sort_keys=True)
+    assert _group_labels([c]) == {c: "camvid/val"}
+    labels = _group_labels([a, b, c, a])
+    assert labels[a] == "synthetic/val (length=8)" and labels[b] == "synthetic/val (length=16)"
+    assert labels[c] == "camvid/val"  # only names that collide get the arguments that tell them apart
