@@ -237,6 +237,7 @@ class _Entry:
     picks: list[int] = field(default_factory=list)  # indices of the images shown in the qualitative grid
     samples: list[np.ndarray] = field(default_factory=list)  # predicted label maps of those images
     history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records
+    color: Any = None  # the model's colour in every figure
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def _save_fig(fig: Any, path: Path) -> Path:
     from rtseg.metrics import _pyplot
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.12)  # keeps outside legends
     _pyplot().close(fig)
     with atomic_open(path, "wb") as f:
         f.write(buf.getvalue())
@@ -286,7 +287,7 @@ def _fig_accuracy_vs(entries: list[_Entry], path: Path, *, what: str) -> Path:
     from rtseg.metrics import _pyplot
 
     plt = _pyplot()
-    colors = _colors(len(entries))
+    colors = [e.color for e in entries]
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     xs_all, ys_all = [], []
     for e, c in zip(entries, colors):
@@ -339,7 +340,7 @@ def _fig_per_class(entries: list[_Entry], path: Path) -> Path:
     names = list(entries[0].eval["per_class_iou"])
     n, k = len(names), len(entries)
     width = 0.8 / k
-    colors = _colors(k)
+    colors = [e.color for e in entries]
     fig, ax = plt.subplots(figsize=(max(6.5, 0.55 * n * max(1.0, k / 2) + 2), 4.4))
     x = np.arange(n)
     for j, (e, c) in enumerate(zip(entries, colors)):
@@ -403,7 +404,7 @@ def _fig_curves(entries: list[_Entry], path: Path) -> Path:
     legend_w = 0.6 + 0.075 * max(len(e.source.label) + 10 for e in entries)  # inches, at fontsize 8
     fig_w = 4.6 * ncol + legend_w
     fig, axes = plt.subplots(1, ncol, figsize=(fig_w, 3.8))
-    colors = _colors(len(entries))
+    colors = [e.color for e in entries]
     stage_styles = {"encoder": ":", "full": "-"}
     for e, c in zip(entries, colors):
         for stage in dict.fromkeys(r.get("stage", "full") for r in e.history):
@@ -434,7 +435,8 @@ def _fig_curves(entries: list[_Entry], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - legend_w / fig_w, 0.5), fontsize=8,
+               frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - legend_w / fig_w, 1))
     return _save_fig(fig, path)
 
@@ -876,8 +878,8 @@ def report(
         torch.set_num_threads(old_threads)
 
     names_of = _group_labels([e.dskey for e in entries])
-    for e in entries:
-        e.group = names_of[e.dskey]
+    for e, c in zip(entries, _colors(len(entries))):
+        e.group, e.color = names_of[e.dskey], c
     say(f"writing figures to {out}")
     figs, written, palettes = _write_figures(entries, datasets, out)
 
