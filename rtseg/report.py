@@ -757,8 +757,13 @@ def _write_figures(entries: list[_Entry], datasets: dict[str, Any], out: Path
                 members, [p[0] for p in pairs], [p[1] for p in pairs], ds.palette, ds.ignore_index,
                 out / f"qualitative{suffix(gi)}.png"))
             palettes[group] = (list(ds.class_names), np.asarray(ds.palette, np.uint8))
+    used: set[str] = set()
     for e in entries:
-        figs["confusion"][e.source.label] = rel(_fig_confusion(e, out / f"confusion_{_slug(e.source.label)}.png"))
+        stem = base = f"confusion_{_slug(e.source.label)}"
+        while stem in used:  # labels "a b" and "a_b" share a slug
+            stem = f"{base}_{len(used)}"
+        used.add(stem)
+        figs["confusion"][e.source.label] = rel(_fig_confusion(e, out / f"{stem}.png"))
     with_log = [e for e in entries if e.history]
     if with_log:
         figs["training_curves"] = rel(_fig_curves(with_log, out / "training_curves.png"))

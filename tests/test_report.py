@@ -124,8 +124,9 @@ def test_report_miou_matches_evaluate(rep, runs):
 def test_cli_replaces_stale_figures_and_measures_ort(rep, runs, tmp_path, capsys):
     out = tmp_path / "again"
     shutil.copytree(rep[0], out)
-    argv = ["report", str(runs[0]), "--out", str(out), "--runs", "2", "--warmup", "0", "--threads", "1",
-            "--samples", "1", "--max-images", "2", "--quiet", "--name", "enet-a"]
+    # the same model twice (run folder, and its checkpoint file) under labels that share a file-name slug
+    argv = ["report", str(runs[0]), str(runs[0] / "best.pt"), "--out", str(out), "--runs", "2", "--warmup", "0",
+            "--threads", "1", "--samples", "1", "--max-images", "2", "--quiet", "--name", "enet a", "--name", "enet_a"]
     ort = True
     try:
         import onnxruntime  # noqa: F401
@@ -138,11 +139,15 @@ def test_cli_replaces_stale_figures_and_measures_ort(rep, runs, tmp_path, capsys
     assert main(argv) == 0
     assert capsys.readouterr().out.strip().endswith("index.html")
     pngs = _check_page(out)
-    assert "confusion_essnet_dg2s.png" not in pngs and "confusion_enet-a.png" in pngs  # earlier report's
+    assert "confusion_essnet_dg2s.png" not in pngs  # the earlier report's figure, not written this time
+    assert {"confusion_enet_a.png", "confusion_enet_a_1.png"} <= pngs
     data = json.loads((out / "results.json").read_text())
-    assert [m["label"] for m in data["models"]] == ["enet-a"] and data["models"][0]["num_images"] == 2
+    assert [m["label"] for m in data["models"]] == ["enet a", "enet_a"]
+    a, b = data["models"]
+    assert a["num_images"] == 2 and a["miou"] == b["miou"] and a["confusion"] == b["confusion"]
+    assert b["train"]["epoch"] == 1 and b["run_dir"] == str(runs[0])  # a checkpoint keeps its run's log
     if ort:
-        lat = data["models"][0]["latency"]["onnxruntime"]
+        lat = a["latency"]["onnxruntime"]
         assert "error" not in lat, lat
         assert lat["median_ms"] > 0
         assert "ONNX Runtime latency" in (out / "results.md").read_text()
