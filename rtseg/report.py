@@ -47,8 +47,8 @@ __all__ = ["BACKENDS", "report"]
 
 #: latency backends the report knows; "torch" (eager) is always measured
 BACKENDS = ("torch", "onnxruntime")
-#: smallest / largest panel width (px) of the qualitative grid: tiny test images are enlarged, big ones shrunk
-_PANEL_MIN_W, _PANEL_MAX_W = 200, 480
+#: smallest / largest panel width and about the widest grid (px) of the qualitative figure
+_PANEL_MIN_W, _PANEL_MAX_W, _GRID_W = 200, 480, 2000
 _DPI = 110
 
 
@@ -77,10 +77,10 @@ def _resolve(arg: str | os.PathLike) -> _Source:
     if p.is_dir():
         ckpt = p / "best.pt"
         if not ckpt.is_file():
-            what = "has last.pt but no best.pt (did validation never run?)" if (p / "last.pt").is_file() else \
-                "has no best.pt"
-            raise FileNotFoundError(
-                f"{arg}: not a run folder ({what}; expected a folder written by `rtseg train`)")
+            what = "has no best.pt"
+            if (p / "last.pt").is_file():
+                what = "has last.pt but no best.pt: no epoch improved the score yet"
+            raise FileNotFoundError(f"{arg}: not a run folder ({what}; expected a folder written by `rtseg train`)")
         run_dir: Path | None = p
     else:
         ckpt = p
@@ -272,7 +272,7 @@ def _pad_limits(ax: Any, xs: list[float], ys: list[float], logx: bool) -> None:
     """Leave room around the points for their labels (matplotlib's defaults cut them off)."""
     lo, hi = min(ys), max(ys)
     span = max(hi - lo, 1.0)
-    ax.set_ylim(max(0.0, lo - 0.25 * span), min(100.0, hi + 0.35 * span) if hi + 0.35 * span > lo else hi + 1)
+    ax.set_ylim(max(0.0, lo - 0.25 * span), min(100.0, hi + 0.35 * span))
     if logx:  # a label is ~1/8 of the axis wide: leave that much room right of the last point
         decades = math.log10(max(xs) / min(xs))
         ax.set_xlim(min(xs) / 10 ** (0.06 * decades + 0.1), max(xs) * 10 ** (0.2 * decades + 0.1))
@@ -294,11 +294,11 @@ def _fig_accuracy_vs(entries: list[_Entry], path: Path, *, what: str) -> Path:
         r = e.record
         y = 100 * r["miou"] if r["miou"] is not None else float("nan")
         if what == "macs":
-            pts = [(r["gmacs"], "o", None)]
+            pts = [(r["gmacs"], "o")]
         else:
-            pts = [(lat["fps"], m, b) for b, m in (("torch", "o"), ("onnxruntime", "s"))
+            pts = [(lat["fps"], m) for b, m in (("torch", "o"), ("onnxruntime", "s"))
                    if (lat := r["latency"].get(b)) and lat.get("fps")]  # fmt: skip
-        for x, marker, _ in pts:
+        for x, marker in pts:
             ax.scatter([x], [y], s=60, marker=marker, color=c, edgecolor="black", linewidth=0.6, zorder=3)
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [y] * len(pts), color=c, lw=1, alpha=0.6, zorder=2)
@@ -320,12 +320,12 @@ def _fig_accuracy_vs(entries: list[_Entry], path: Path, *, what: str) -> Path:
     else:
         ax.set_xlabel(f"frames per second on this machine, batch 1{at}")
         ax.set_title("Accuracy vs speed")
-        if any(len(e.record["latency"]) > 1 for e in entries):
+        if any(e.record["latency"].get("onnxruntime", {}).get("fps") for e in entries):
             from matplotlib.lines import Line2D
 
             handles = [Line2D([], [], ls="", marker="o", color="grey", mec="black", label="PyTorch eager"),
                        Line2D([], [], ls="", marker="s", color="grey", mec="black", label="ONNX Runtime")]
-            ax.legend(handles=handles, loc="lower right", fontsize=9)
+            ax.legend(handles=handles, loc="best", fontsize=9)
     ax.set_ylabel("val mIoU (%)")
     ax.grid(True, alpha=0.3, which="both")
     fig.tight_layout()
@@ -441,33 +441,35 @@ def _fig_curves(entries: list[_Entry], path: Path) -> Path:
     return _save_fig(fig, path)
 
 
-def _fit(panel: np.ndarray, width: int, nearest: bool) -> np.ndarray:
+def _fit(panel: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
+    """Resize an ``H x W (x 3)`` uint8 panel to ``hw`` (nearest for label colours, bilinear for photos)."""
     from PIL import Image
 
-    h, w = panel.shape[:2]
-    if w == width:
+    if panel.shape[:2] == tuple(hw):
         return panel
-    size = (width, max(1, round(h * width / w)))
     resample = Image.NEAREST if nearest else Image.BILINEAR
-    return np.asarray(Image.fromarray(panel).resize(size, resample))
+    return np.asarray(Image.fromarray(panel).resize((hw[1], hw[0]), resample))
 
 
 def _fig_qualitative(entries: list[_Entry], images: list[np.ndarray], labels: list[np.ndarray],
                      palette: np.ndarray, ignore_index: int, path: Path) -> Path:
-    """Rows = images; columns = image, ground truth, each model's prediction (thesis Fig. 3.11)."""
+    """Rows = images; columns = image, ground truth, each model's prediction (thesis Fig. 3.11).
+
+    Panels share one size (that of the first label map, scaled): tiny images are enlarged by an integer
+    factor so their pixels stay crisp, large ones shrunk so the grid stays about 2000 px wide.
+    """
     from rtseg.visualize import colorize, grid, save_png
 
-    w0 = labels[0].shape[1]
-    width = min(max(w0, _PANEL_MIN_W), _PANEL_MAX_W)
-    if w0 < width:  # enlarge tiny images by an integer factor so pixels stay crisp
-        width = w0 * math.ceil(_PANEL_MIN_W / w0)
+    h0, w0 = labels[0].shape
+    target = min(_PANEL_MAX_W, max(_PANEL_MIN_W, _GRID_W // (2 + len(entries))))
+    width = w0 * math.ceil(_PANEL_MIN_W / w0) if w0 < _PANEL_MIN_W else min(w0, target)
+    hw = (max(1, round(h0 * width / w0)), width)
+    crisp = width % w0 == 0  # an integer upscale (or none): nearest keeps the photo's pixels sharp
     rows = []
     for i, (img, lbl) in enumerate(zip(images, labels)):
-        shown = img if img.shape[:2] == lbl.shape else _fit(img, lbl.shape[1], nearest=False)
-        row = [_fit(shown, width, nearest=w0 < width), _fit(colorize(lbl, palette, ignore_index), width, True)]
-        row += [_fit(colorize(e.samples[i], palette, ignore_index), width, True) for e in entries]
-        h = min(p.shape[0] for p in row)
-        rows.append([p[:h] for p in row])
+        row = [_fit(img, hw, nearest=crisp), _fit(colorize(lbl, palette, ignore_index), hw, True)]
+        row += [_fit(colorize(e.samples[i], palette, ignore_index), hw, True) for e in entries]
+        rows.append(row)
     chars = max(4, width // 7)  # PIL's default bitmap font is ~6-7 px per character
 
     def title(t: str) -> str:
