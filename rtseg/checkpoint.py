@@ -120,12 +120,18 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
             model = apply_grouping_meta(model, grouping)
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: cannot rebuild the grouped model ({e})") from None
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit model {ckpt['model']!r} "
-            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
-        )
+    target = model.state_dict()
+    sd = ckpt["state_dict"]
+    missing = [k for k in target if k not in sd]
+    unexpected = [k for k in sd if k not in target]
+    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}" for k in target
+             if k in sd and tuple(sd[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or shape:
+        def few(v: list) -> str:
+            return f"{v[:3]}{'...' if len(v) > 3 else ''}"
+
+        raise CheckpointError(f"{path}: weights do not fit model {ckpt['model']!r} (missing {few(missing)}, "
+                              f"unexpected {few(unexpected)}, shape mismatch {few(shape)})")
+    model.load_state_dict(sd, strict=True)
     model.rtseg_meta = ckpt.get("meta", {})
     return model.to(map_location).eval()

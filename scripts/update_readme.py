@@ -18,7 +18,11 @@ SIZE = (512, 1024)
 def model_table() -> str:
     from rtseg._cli.models import model_rows
 
-    rows = model_rows("*", SIZE, num_classes=19)
+    from rtseg.models import model_info
+
+    # the package's own models only: tests and users may register more in their process
+    rows = [r for r in model_rows("*", SIZE, num_classes=19)
+            if model_info(r["name"]).builder.__module__.startswith("rtseg.")]
     h, w = SIZE
     lines = [
         f"| model | family | params | GMACs @{h}x{w} | GFLOPs @{h}x{w} | paper's numbers (own convention) |",

@@ -129,3 +129,13 @@ def test_save_is_atomic_when_serialisation_fails(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         rtseg.save_model(model, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_load_rejects_same_keys_with_other_shapes(tmp_path):
+    # erfnet with another class count: same keys, different classifier shapes
+    path = rtseg.save_model(rtseg.create_model("erfnet", num_classes=3), tmp_path / "m.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_kwargs"]["num_classes"] = 4
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        rtseg.load_model(path)
