@@ -1,7 +1,7 @@
 """Export rtseg models to ONNX, OpenVINO IR and TorchScript, and verify every export against PyTorch.
 
 Every exported graph is the *deploy form* of the model (:func:`deploy_model`: masked gradual-grouping
-convs turned into grouped convs when ``rtseg.grouping`` provides ``convert_to_deploy``, BatchNorm folded
+convs turned into grouped convs by ``rtseg.grouping.convert_to_deploy``, BatchNorm folded
 by :func:`rtseg.fuse.fold_batchnorm`), with the input normalisation inside the graph:
 
 - input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1];
@@ -78,20 +78,12 @@ def _name(model: nn.Module) -> str:
 def deploy_model(model: nn.Module) -> nn.Module:
     """Eval-mode inference form of ``model`` (a copy): grouped convs and folded BatchNorm, same outputs.
 
-    Uses ``rtseg.grouping.convert_to_deploy`` when that module exists (it folds BatchNorm itself),
-    otherwise :func:`rtseg.fuse.fold_batchnorm`. Registry attributes (``rtseg_name``...) are kept.
+    :func:`rtseg.grouping.convert_to_deploy` turns masked (gradual-grouping) convs into grouped ones and
+    folds BatchNorm. Registry attributes (``rtseg_name``...) are kept.
     """
-    import copy
+    from rtseg.grouping import convert_to_deploy
 
-    from rtseg.fuse import fold_batchnorm
-
-    try:
-        convert = getattr(importlib.import_module("rtseg.grouping"), "convert_to_deploy", None)
-    except ImportError:
-        convert = None
-    src = copy.deepcopy(model).eval()
-    out = convert(src) if convert is not None else fold_batchnorm(src, inplace=True)
-    out = out.eval()
+    out = convert_to_deploy(model).eval()  # works on a copy
     for attr in ("rtseg_name", "rtseg_kwargs", "rtseg_meta"):
         if hasattr(model, attr) and not hasattr(out, attr):
             setattr(out, attr, getattr(model, attr))
