@@ -139,3 +139,15 @@ def test_load_rejects_same_keys_with_other_shapes(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="shape mismatch"):
         rtseg.load_model(path)
+
+
+def test_saved_checkpoint_has_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = rtseg.save_model(_make("enet"), tmp_path / "m.pt")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
