@@ -436,10 +436,21 @@ def plot_confusion(results: dict[str, Any], path: str | Path, normalize: bool = 
     ax.set_ylabel("target")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120, **savefig_kw: Any) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically (a crash never leaves half a PNG); closes it."""
+    import io
+
+    from rtseg._io import atomic_open
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, **savefig_kw)
+    _pyplot().close(fig)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
     return path
 
 
@@ -459,11 +470,7 @@ def plot_per_class_iou(results: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlim(0, 100)
     ax.set_xlabel("IoU (%)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_plots(results: dict[str, Any], out_dir: str | Path) -> list[Path]:

@@ -22,7 +22,6 @@ import copy
 import datetime as _dt
 import html
 import importlib.util
-import io
 import json
 import math
 import os
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtseg._io import atomic_open, atomic_write_text
+from rtseg._io import atomic_write_text
 
 __all__ = ["BACKENDS", "report"]
 
@@ -245,15 +244,10 @@ class _Entry:
 
 
 def _save_fig(fig: Any, path: Path) -> Path:
-    """Render a matplotlib figure to PNG bytes, then write them atomically."""
-    from rtseg.metrics import _pyplot
+    """Write a figure atomically as PNG; the tight bounding box keeps legends placed outside the axes."""
+    from rtseg.metrics import save_figure
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.12)  # keeps outside legends
-    _pyplot().close(fig)
-    with atomic_open(path, "wb") as f:
-        f.write(buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=_DPI, bbox_inches="tight", pad_inches=0.12)
 
 
 def _colors(n: int) -> list[Any]:
