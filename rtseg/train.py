@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rtseg._io import atomic_torch_save, atomic_write_text
 from rtseg.config import ConfigError, TrainConfig, config_to_dict, load_config, save_config
+from rtseg.errors import TrainingError
 from rtseg.losses import WeightedCrossEntropy, class_weights
 from rtseg.transforms import EvalTransform, TrainTransform, downsample_label, pad_collate
 
@@ -47,6 +48,8 @@ __all__ = ["TRAIN_STATE_FORMAT", "ModelEMA", "evaluate", "train"]
 TRAIN_STATE_FORMAT = "rtseg-train-state"
 #: keys that may change when resuming without breaking "same weights as an uninterrupted run"
 RESUME_MUTABLE = ("workers", "persistent_workers", "progress", "device", "cache")
+#: consecutive non-finite steps (each skipped) after which a run stops instead of burning its budget
+MAX_BAD_STEPS = 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,6 +311,36 @@ def evaluate(
     return metrics.compute()
 
 
+def _step_is_finite(loss: torch.Tensor, model: nn.Module, check_grads: bool, world: int) -> bool:
+    """True if the loss (and, unless GradScaler already checks them, the gradients) are finite on every rank."""
+    ok = torch.isfinite(loss.detach())
+    if check_grads:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            ok = ok & torch.isfinite(nn.utils.get_total_norm(grads))
+    if world > 1:  # ranks must agree, or DDP's next all-reduce would pair different steps
+        flag = ok.to(torch.float32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = flag > 0
+    return bool(ok)
+
+
+def _has_dilated_depthwise(model: nn.Module) -> bool:
+    """Any depthwise conv (one input channel per group) with dilation > 1?"""
+    return any(
+        isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > 1
+        for m in model.modules()
+    )
+
+
+def _nonfinite_report(loss: torch.Tensor, model: nn.Module) -> str:
+    """Which of loss / gradients went non-finite (for the first skipped step's warning)."""
+    if not bool(torch.isfinite(loss.detach())):
+        return f"loss {float(loss)}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    return f"gradients of {len(bad)} tensors, e.g. {', '.join(bad[:3])}" if bad else "gradients on another rank"
+
+
 def _to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = images.to(device, non_blocking=True).float().div_(255.0)  # uint8 over the wire: 4x less copying
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -463,7 +496,15 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
         if d.main and cfg.progress:
             print(f"init: {n} tensors from {cfg.init}")
     model.to(device)
-    if cfg.channels_last:
+    channels_last = cfg.channels_last
+    if channels_last and cfg.amp and device.type == "cpu" and _has_dilated_depthwise(model):
+        # torch 2.13 CPU (oneDNN): bf16 + channels_last computes wrong weight gradients for dilated
+        # depthwise convs (10x too small, or ~1e19 -> inf); see docs/training.md. NCHW is correct.
+        channels_last = False
+        if d.main:
+            print("warning: channels_last ignored: bf16 training of dilated depthwise convs in NHWC gives "
+                  "wrong gradients on CPU (docs/training.md)", flush=True)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
 
     if state is not None:
@@ -578,12 +619,12 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
             net.train()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
-            data_s, seen = 0.0, 0
+            data_s, seen, skipped, bad_run = 0.0, 0, 0, 0
             bar = _bar(train_loader, d.main and cfg.progress, f"{stage} {epoch + 1}/{n_epochs}")
             t_data = time.perf_counter()
             for step, (images, labels) in enumerate(bar):
                 data_s += time.perf_counter() - t_data
-                x = _to_input(images, device, cfg.channels_last)
+                x = _to_input(images, device, channels_last)
                 y = labels.to(device, non_blocking=True)
                 if encoder_only:
                     y = downsample_label(y, _stride(model), cfg.encoder_target, cfg.ignore_index, num_classes)
@@ -591,6 +632,25 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                     logits = net(x, encoder_only=encoder_only)
                     loss = criterion(logits, y)
                 scaler.scale(loss).backward()
+                if not _step_is_finite(loss, model, check_grads=not scaler.is_enabled(), world=d.world):
+                    # a NaN/inf loss or gradient would poison every weight through Adam's moments: skip the
+                    # update (as GradScaler does for fp16), count it, and stop if it keeps happening
+                    if not skipped and d.main:
+                        print(f"warning: {stage} epoch {epoch + 1} step {step + 1}: non-finite "
+                              f"{_nonfinite_report(loss, model)}; step skipped", flush=True)
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped, bad_run = skipped + 1, bad_run + 1
+                    if bad_run >= MAX_BAD_STEPS:
+                        raise TrainingError(
+                            f"{stage} epoch {epoch + 1}: loss or gradients non-finite for {bad_run} consecutive "
+                            f"steps (lr {optimizer.param_groups[0]['lr']:.2e}); try amp=false, a lower lr or "
+                            "grad_clip, and resume from the last good checkpoint"
+                        )
+                    if cfg.scheduler == "poly" and not cfg.poly_by_epoch:
+                        scheduler.step()  # the schedule follows the step count, taken or not
+                    t_data = time.perf_counter()
+                    continue
+                bad_run = 0
                 if cfg.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -619,7 +679,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
             train_time = time.perf_counter() - t0
             if d.world > 1:
                 dist.all_reduce(loss_sum)  # every rank must see the same loss (plateau schedule)
-            train_loss = loss_sum.item() / (steps * d.world)
+            train_loss = loss_sum.item() / max(1, (steps - skipped) * d.world)
             if cfg.scheduler == "plateau":
                 scheduler.step(train_loss)  # ERFNet: halve the lr when the training error stagnates
             elif cfg.scheduler == "poly" and cfg.poly_by_epoch:
@@ -642,7 +702,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                     encoder_target=cfg.encoder_target,
                     ignore_index=cfg.ignore_index,
                     class_names=class_names,
-                    channels_last=cfg.channels_last,
+                    channels_last=channels_last,
                 )
                 final = metrics
             record = {
@@ -658,6 +718,11 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                 "img_per_s": round(steps * cfg.batch_size * d.world / train_time, 2),
                 "data_wait_s": round(data_s, 3),
             }
+            if skipped:
+                record["skipped_steps"] = skipped
+                if d.main:
+                    print(f"warning: {stage} epoch {epoch + 1}: skipped {skipped} of {steps} steps with a "
+                          "non-finite loss or gradient", flush=True)
             if alpha is not None:
                 record["alpha"] = alpha
             if warmup > 0:

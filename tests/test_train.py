@@ -8,12 +8,14 @@ real ENet for a few steps to check the encoder-only stage against a real model.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -453,3 +455,52 @@ def test_cli_train_uses_the_same_words(tmp_path: Path, monkeypatch, capsys) -> N
     shown = capsys.readouterr().out
     assert "stages:\n- encoder\n- full" in shown or "stages: [encoder, full]" in shown
     assert "epochs: 7" in shown
+
+
+# ---- non-finite steps and the bf16/NHWC depthwise guard -------------------------------------------
+class _NaNOnSteps(WeightedCrossEntropy):
+    """The engine's loss, but NaN on the given (1-based) calls: stands in for an overflowing batch."""
+
+    bad: ClassVar[set[int]] = set()
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.calls = 0
+
+    def forward(self, logits, target):
+        self.calls += 1
+        loss = super().forward(logits, target)
+        return loss * float("nan") if self.calls in self.bad else loss
+
+
+def test_nonfinite_step_is_skipped_and_weights_stay_finite(tmp_path: Path, monkeypatch, capsys) -> None:
+    engine = sys.modules["rtseg.train"]  # the module (rtseg.train is also the function)
+
+    monkeypatch.setattr(engine, "WeightedCrossEntropy", _NaNOnSteps)
+    monkeypatch.setattr(_NaNOnSteps, "bad", {2})
+    r = rtseg.train(**BASE, epochs=2, val_split=None, amp=False, out=str(tmp_path / "nan"))
+    first = r["history"][0]
+    assert first["skipped_steps"] == 1 and math.isfinite(first["train_loss"])
+    assert "skipped_steps" not in r["history"][1]
+    assert all(torch.isfinite(v).all() for v in r["model"].state_dict().values() if v.is_floating_point())
+    assert "step 2: non-finite loss" in capsys.readouterr().out
+
+
+def test_persistent_nonfinite_loss_stops_the_run(tmp_path: Path, monkeypatch) -> None:
+    engine = sys.modules["rtseg.train"]  # the module (rtseg.train is also the function)
+    from rtseg.errors import TrainingError
+
+    monkeypatch.setattr(engine, "WeightedCrossEntropy", _NaNOnSteps)
+    monkeypatch.setattr(engine, "MAX_BAD_STEPS", 3)
+    monkeypatch.setattr(_NaNOnSteps, "bad", set(range(1, 100)))
+    with pytest.raises(TrainingError, match="non-finite for 3 consecutive steps"):
+        rtseg.train(**BASE, epochs=2, val_split=None, amp=False, out=str(tmp_path / "nan"))
+
+
+def test_channels_last_guard_finds_dilated_depthwise_convs() -> None:
+    from rtseg.train import _has_dilated_depthwise
+
+    assert _has_dilated_depthwise(rtseg.create_model("essnet_dg2s", num_classes=5))
+    assert _has_dilated_depthwise(rtseg.create_model("wspdnet", num_classes=5))
+    assert not _has_dilated_depthwise(rtseg.create_model("erfnet", num_classes=5))  # dilated, but dense
+    assert not _has_dilated_depthwise(rtseg.create_model("enet", num_classes=5))
