@@ -71,3 +71,75 @@ def test_conv_feeding_two_consumers_is_not_folded():
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(out(x), net(x), atol=1e-5)
+
+
+# ---- transposed conv -> sub-pixel conv (the deploy form's ConvTranspose2d) ------------------------
+@pytest.mark.parametrize(
+    "kernel,stride,padding,output_padding",
+    [(3, 2, 1, 1), (2, 2, 0, 0), (1, 2, 0, 1), (4, 2, 1, 0), (8, 8, 0, 0), ((3, 1), 2, (1, 0), (1, 1))],
+)
+def test_subpixel_equals_transposed_conv(kernel, stride, padding, output_padding):
+    from rtseg.fuse import SubPixelConv2d
+
+    torch.manual_seed(0)
+    m = nn.ConvTranspose2d(5, 7, kernel, stride=stride, padding=padding, output_padding=output_padding)
+    assert SubPixelConv2d.supports(m)
+    x = torch.randn(2, 5, 9, 11)
+    with torch.no_grad():
+        ref, out = m(x), SubPixelConv2d.from_transposed(m)(x)
+    assert out.shape == ref.shape == (2, 7, 9 * stride, 11 * stride)
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_subpixel_refuses_what_it_cannot_express():
+    from rtseg.fuse import SubPixelConv2d
+
+    assert not SubPixelConv2d.supports(nn.ConvTranspose2d(4, 4, 3, stride=2))  # output 2n+1, not 2n
+    assert not SubPixelConv2d.supports(nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2))
+    assert not SubPixelConv2d.supports(nn.ConvTranspose2d(4, 4, 2, stride=1))
+    assert not SubPixelConv2d.supports(nn.Conv2d(4, 4, 2, stride=2))
+    with pytest.raises(ValueError, match="no sub-pixel form"):
+        SubPixelConv2d.from_transposed(nn.ConvTranspose2d(4, 4, 3, stride=2))
+
+
+@pytest.mark.parametrize("name", ["enet", "erfnet", "essnet_dg2s", "essnet_dg2s_trans8x"])
+def test_deploy_model_has_no_transposed_convs_and_same_outputs(name):
+    from rtseg.export import deploy_model
+    from rtseg.fuse import SubPixelConv2d
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5).eval()
+    dep = deploy_model(model)
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in dep.modules())
+    assert any(isinstance(m, SubPixelConv2d) for m in dep.modules())
+    x = torch.rand(2, 3, 40, 56)
+    with torch.no_grad():
+        assert (dep(x) - model(x)).abs().max() < 1e-4
+
+
+# ---- ENet's export-form unpooling -------------------------------------------------------------------
+def test_mask_unpooling_equals_index_unpooling_with_ties():
+    import torch.nn.functional as F
+
+    from rtseg.models.enet import argmax_mask2x2, mask_unpool2x2, max_unpool2x2
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 3, (2, 6, 8, 10)).float()  # many ties inside 2x2 windows
+    x[..., :4, :4] = 0.0  # whole windows tied
+    pooled, idx = F.max_pool2d(x, 2, stride=2, return_indices=True)
+    mask = argmax_mask2x2(x, pooled)
+    assert mask.shape == (2, 6, 4, 4, 5) and torch.equal(mask.sum(2), torch.ones_like(pooled))
+    y = torch.randn_like(pooled)
+    assert torch.equal(mask_unpool2x2(y, mask), F.max_unpool2d(y, idx, 2, stride=2))
+    assert torch.equal(max_unpool2x2(y, idx), F.max_unpool2d(y, idx, 2, stride=2))
+
+
+def test_enet_export_form_keeps_outputs():
+    torch.manual_seed(0)
+    model = create_model("enet", num_classes=5).eval()
+    x = torch.rand(1, 3, 48, 64)
+    x[..., :16, :] = 0.5  # flat region: tied maxima inside the pooling windows
+    with torch.no_grad():
+        ref = model(x)
+        out = model.export_form()(x)
+    assert (out - ref).abs().max() < 1e-6

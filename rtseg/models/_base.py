@@ -47,6 +47,14 @@ class SegmentationModel(nn.Module):
     def forward_padded(self, x: torch.Tensor, encoder_only: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
+    def export_form(self) -> SegmentationModel:
+        """Switch (in place) to the operator forms graph runtimes run fastest; outputs stay identical.
+
+        Called by :func:`rtseg.export.deploy_model` before export. The default changes nothing; ENet
+        replaces its ScatterElements max-unpooling by a one-hot mask (see ``rtseg.models.enet``).
+        """
+        return self
+
     def forward(self, x: torch.Tensor, encoder_only: bool = False) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected input of shape B x 3 x H x W, got {tuple(x.shape)}")

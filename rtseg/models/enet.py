@@ -87,6 +87,31 @@ def max_unpool2x2(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return out.view(b, c, 2 * h, 2 * w)
 
 
+def argmax_mask2x2(x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Where each 2x2 window's maximum sits, as a one-hot ``B x C x 4 x h x w`` float mask.
+
+    Slot ``k = 2 * i + j`` marks offset ``(i, j)`` inside the window; on ties the first maximum in
+    row-major order wins, the position ``F.max_pool2d(..., return_indices=True)`` reports. Built from
+    strided slices, comparisons and products only (no ScatterElements), which graph runtimes fuse well.
+    """
+    x00, x01, x10, x11 = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    e00, e01, e10, e11 = ((v == pooled).to(x.dtype) for v in (x00, x01, x10, x11))
+    m01 = e01 * (1 - e00)
+    m10 = e10 * (1 - e00) * (1 - e01)
+    m11 = e11 * (1 - e00) * (1 - e01) * (1 - e10)
+    return torch.stack((e00, m01, m10, m11), 2)
+
+
+def mask_unpool2x2(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max-unpooling with an :func:`argmax_mask2x2` mask: equal to :func:`max_unpool2x2` with indices.
+
+    ``x * mask`` places each value in its window's slot, ``pixel_shuffle`` (ONNX ``DepthToSpace``)
+    interleaves the four slots into the ``2h x 2w`` plane.
+    """
+    b, c, h, w = x.shape
+    return F.pixel_shuffle((x.unsqueeze(2) * mask).reshape(b, 4 * c, h, w), 2)
+
+
 class InitialBlock(nn.Module):
     """``B x 3 x H x W`` -> ``B x 16 x H/2 x W/2``: 13-filter 3x3 stride-2 conv ‖ max-pool, BN, act.
 
@@ -160,12 +185,21 @@ class DownsamplingBottleneck(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.act = _act(act)
 
+    #: how the pooling positions travel to the decoder: ``"indices"`` (int64 flat positions, one
+    #: fused kernel in PyTorch; ONNX ScatterElements) or ``"mask"`` (a one-hot 2x2 mask; exported
+    #: graphs, where OpenVINO runs ScatterElements ~10x slower). Both give identical outputs.
+    unpool: str = "indices"
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        main, indices = F.max_pool2d(x, 2, stride=2, return_indices=True)
+        if self.unpool == "mask":
+            main = F.max_pool2d(x, 2, stride=2)
+            where = argmax_mask2x2(x, main)
+        else:
+            main, where = F.max_pool2d(x, 2, stride=2, return_indices=True)
         # channel zero-padding as a Pad op (exports to ONNX; no device-specific zeros tensor)
         main = F.pad(main, (0, 0, 0, 0, 0, self.extra))
         ext = self.dropout(self.expand(self.conv(self.proj(x))))
-        return self.act(main + ext), indices
+        return self.act(main + ext), where
 
 
 class UpsamplingBottleneck(nn.Module):
@@ -188,7 +222,9 @@ class UpsamplingBottleneck(nn.Module):
         self.act = _act(act)
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        main = max_unpool2x2(self.main(x), indices)
+        # indices (B x C x h x w) or a one-hot mask (B x C x 4 x h x w): see DownsamplingBottleneck.unpool
+        unpool = mask_unpool2x2 if indices.dim() == 5 else max_unpool2x2
+        main = unpool(self.main(x), indices)
         ext = self.dropout(self.expand(self.tconv(self.proj(x))))
         return self.act(main + ext)
 
@@ -339,6 +375,14 @@ class ENet(SegmentationModel):
                 )
             return self.encoder.classifier(feats)
         return self.decoder(feats, indices)
+
+    def export_form(self) -> ENet:
+        """Unpool with one-hot masks instead of indices: OpenVINO runs the index form's
+        ScatterElements ~10x slower (docs/deploy.md); the outputs are identical."""
+        for m in self.modules():
+            if isinstance(m, DownsamplingBottleneck):
+                m.unpool = "mask"
+        return self
 
 
 # ------------------------------------------------------------------------ registered builders
