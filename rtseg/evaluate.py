@@ -127,7 +127,7 @@ def evaluate(
     model.to(dev).eval()
     bar = None
     if progress:
-        from tqdm import tqdm
+        from rtseg._progress import tqdm
 
         bar = tqdm(total=n, desc=f"eval {ds.name}/{ds.split}", unit="img")
     start = time.perf_counter()

@@ -256,7 +256,7 @@ def predict(
     summary = PredictSummary()
     bar = None
     if progress:
-        from tqdm import tqdm
+        from rtseg._progress import tqdm
 
         n_img = sum(s.kind == "image" for s in items)
         bar = tqdm(total=n_img or None, unit="img", desc="predict", dynamic_ncols=True)

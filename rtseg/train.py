@@ -818,6 +818,6 @@ def _plain_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
 def _bar(loader: DataLoader, show: bool, desc: str) -> Any:
     if not show:
         return loader
-    from tqdm import tqdm
+    from rtseg._progress import tqdm
 
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)

@@ -242,7 +242,7 @@ class FileSegDataset(SegDataset):
             self.cache = "memory"
         it = range(len(self))
         if progress:
-            from tqdm import tqdm
+            from rtseg._progress import tqdm
 
             it = tqdm(it, desc=f"decoding {self.name}/{self.split}")
         for i in it:

@@ -108,7 +108,7 @@ def class_frequencies(ds: SegDataset, progress: bool = False) -> np.ndarray:
     counts = np.zeros(c, np.int64)
     it: Any = range(len(ds))
     if progress:
-        from tqdm import tqdm
+        from rtseg._progress import tqdm
 
         it = tqdm(it, desc=f"counting {ds.name}/{ds.split} classes")
     for i in it:
