@@ -76,20 +76,17 @@ def _name(model: nn.Module) -> str:
 
 
 def deploy_model(model: nn.Module) -> nn.Module:
-    """Eval-mode inference form of ``model`` (a copy): grouped convs, folded BatchNorm, the model's
-    :meth:`~rtseg.models.SegmentationModel.export_form` operators and stride-``s`` transposed convs as
-    sub-pixel convs (:func:`rtseg.fuse.transposed_to_subpixel`); same outputs up to float rounding.
+    """Eval-mode inference form of ``model`` (a copy): grouped convs, folded BatchNorm and the model's
+    :meth:`~rtseg.models.SegmentationModel.export_form` operators; same outputs up to float rounding.
 
     :func:`rtseg.grouping.convert_to_deploy` turns masked (gradual-grouping) convs into grouped ones and
     folds BatchNorm. Registry attributes (``rtseg_name``...) are kept.
     """
-    from rtseg.fuse import transposed_to_subpixel
     from rtseg.grouping import convert_to_deploy
 
     out = convert_to_deploy(model).eval()  # works on a copy
     if callable(getattr(out, "export_form", None)):
         out.export_form()  # e.g. ENet: mask unpooling instead of ScatterElements
-    transposed_to_subpixel(out, inplace=True)  # stride-s ConvTranspose -> Conv + DepthToSpace, same outputs
     for attr in ("rtseg_name", "rtseg_kwargs", "rtseg_meta"):
         if hasattr(model, attr) and not hasattr(out, attr):
             setattr(out, attr, getattr(model, attr))

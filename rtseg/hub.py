@@ -19,7 +19,15 @@ from typing import Any
 
 from rtseg.errors import CheckpointError
 
-__all__ = ["WEIGHTS_DIR", "available_weights", "package_weights", "resolve_weights", "sha256", "weights_info"]
+__all__ = [
+    "WEIGHTS_DIR",
+    "available_weights",
+    "package_weights",
+    "record_latency",
+    "resolve_weights",
+    "sha256",
+    "weights_info",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 INDEX = "index.json"
@@ -169,3 +177,26 @@ def package_weights(
     index[name] = record
     atomic_write_text(d / INDEX, json.dumps(dict(sorted(index.items())), indent=2) + "\n")
     return record
+
+
+def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_dir: Path | None = None) -> dict:
+    """Store ``rtseg.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
+    ``backend/precision``, with size, threads and the machine); the weights file itself is unchanged."""
+    from rtseg._io import atomic_write_text
+
+    d = weights_dir or WEIGHTS_DIR
+    index = _index(d)
+    if name not in index:
+        raise FileNotFoundError(f"{name}: not in {d / INDEX}")
+    rec = index[name]
+    rec["latency_ms"] = {f"{r.backend}/{r.precision}": round(r.p50_ms, 2) for r in rows if r.setting == "deploy"}
+    rec["latency"] = {
+        "size": list(rows[0].size),
+        "threads": rows[0].threads,
+        "batch": 1,
+        "statistic": "p50 after warm-up, deploy form",
+        "machine": {k: machine.get(k) for k in ("cpu", "cores", "load_avg", "torch", "onnxruntime", "openvino")},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    atomic_write_text(d / INDEX, json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    return rec

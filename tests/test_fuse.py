@@ -103,18 +103,17 @@ def test_subpixel_refuses_what_it_cannot_express():
 
 
 @pytest.mark.parametrize("name", ["enet", "erfnet", "essnet_dg2s", "essnet_dg2s_trans8x"])
-def test_deploy_model_has_no_transposed_convs_and_same_outputs(name):
-    from rtseg.export import deploy_model
-    from rtseg.fuse import SubPixelConv2d
+def test_transposed_to_subpixel_on_whole_models(name):
+    from rtseg.fuse import SubPixelConv2d, transposed_to_subpixel
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
-    dep = deploy_model(model)
-    assert not any(isinstance(m, nn.ConvTranspose2d) for m in dep.modules())
-    assert any(isinstance(m, SubPixelConv2d) for m in dep.modules())
+    sub, names = transposed_to_subpixel(model)
+    assert names and not any(isinstance(m, nn.ConvTranspose2d) for m in sub.modules())
+    assert sum(isinstance(m, SubPixelConv2d) for m in sub.modules()) == len(names)
     x = torch.rand(2, 3, 40, 56)
     with torch.no_grad():
-        assert (dep(x) - model(x)).abs().max() < 1e-4
+        assert (sub(x) - model(x)).abs().max() < 1e-4
 
 
 # ---- ENet's export-form unpooling -------------------------------------------------------------------
