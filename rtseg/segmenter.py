@@ -14,6 +14,8 @@ ONNX Runtime ``quantize_static`` (QDQ, per-channel weights), calibrated on ``cal
 
 from __future__ import annotations
 
+import contextlib
+
 import glob
 import os
 import shutil
@@ -104,6 +106,17 @@ def _as_image(img: ImageLike) -> np.ndarray:
     if a.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image (0-255), got dtype {a.dtype}")
     return a
+
+
+@contextlib.contextmanager
+def _working_dir(path: str | os.PathLike) -> Any:
+    """``contextlib.chdir`` for Python 3.10."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 class Segmenter:
@@ -241,13 +254,16 @@ class Segmenter:
                 return None if x is None else {"image": x}
 
         pre = Path(self._tmp) / "model.pre.onnx"
-        try:  # ONNX Runtime's recommended pre-pass (shape inference, graph clean-up) before quantizing
-            shape_inference.quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
-        except Exception:  # noqa: BLE001 -- optional step: quantize the unprocessed graph instead
-            pre = path
         out = Path(self._tmp) / "model.int8.onnx"
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        # ORT's symbolic shape inference drops "sym_shape_infer_temp.onnx" (+ external data) into the
+        # *current* directory when it cannot infer every shape: run inside our temp folder instead.
+        with _working_dir(self._tmp):
+            try:  # ONNX Runtime's recommended pre-pass (shape inference, graph clean-up) before quantizing
+                shape_inference.quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+            except Exception:  # noqa: BLE001 -- optional step: quantize the unprocessed graph instead
+                pre = path
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         return out
 
     def _build_openvino(self, calib: list[np.ndarray] | None) -> Any:
