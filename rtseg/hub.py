@@ -158,6 +158,8 @@ def package_weights(
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "notes": notes,
+        # the run folder (training log) when the checkpoint sits in one, as given (relative to the repo)
+        "run": str(Path(checkpoint).parent) if (Path(checkpoint).parent / "metrics.jsonl").is_file() else None,
     }
     d.mkdir(parents=True, exist_ok=True)
     path = save_model(

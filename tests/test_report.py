@@ -159,7 +159,7 @@ def test_bad_inputs_are_named(runs, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="empty: not a run folder"):
         rtseg.report([runs[0], not_run], tmp_path / "o1")
     missing = tmp_path / "nope"
-    with pytest.raises(FileNotFoundError, match="nope: no such run folder or checkpoint"):
+    with pytest.raises(FileNotFoundError, match="nope: no such run folder, checkpoint or shipped weights"):
         rtseg.report([missing], tmp_path / "o2")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
@@ -174,6 +174,17 @@ def test_bad_inputs_are_named(runs, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(not_run) in err
     assert main(["report", str(runs[0]), "--out", str(tmp_path / "o6"), "--runs", "0"]) == 2
     assert "--runs must be >= 1" in capsys.readouterr().err
+
+
+def test_shipped_weights_resolve_by_name_with_their_training_log():
+    from rtseg.hub import available_weights, weights_info
+    from rtseg.report import _resolve
+
+    if "enet_camvid" not in available_weights():
+        pytest.skip("enet_camvid is not shipped")
+    src = _resolve("enet_camvid")
+    assert src.checkpoint.name == "enet_camvid.pt"
+    assert src.metrics_log is not None and src.metrics_log.parent.name == Path(weights_info("enet_camvid")["run"]).name
 
 
 def test_group_labels_disambiguate_same_split():

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate each run's best.pt on its validation split, measure params, MACs and latency "
         "on this machine, and write index.html with the ESSNet thesis' comparison figures.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (best.pt + metrics.jsonl) or checkpoints")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (best.pt + metrics.jsonl), checkpoints, or shipped weights names (enet_camvid)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for index.html, figures, results")
     p.add_argument("--dataset", default=None, help="evaluate on this dataset (default: each run's own)")
     p.add_argument("--root", default=None, help="dataset folder (default: the one in the run's config)")
