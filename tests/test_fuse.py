@@ -126,7 +126,7 @@ def test_mask_unpooling_equals_index_unpooling_with_ties():
     x = torch.randint(0, 3, (2, 6, 8, 10)).float()  # many ties inside 2x2 windows
     x[..., :4, :4] = 0.0  # whole windows tied
     pooled, idx = F.max_pool2d(x, 2, stride=2, return_indices=True)
-    mask = argmax_mask2x2(x, pooled)
+    mask = argmax_mask2x2(x)
     assert mask.shape == (2, 6, 4, 4, 5) and torch.equal(mask.sum(2), torch.ones_like(pooled))
     y = torch.randn_like(pooled)
     assert torch.equal(mask_unpool2x2(y, mask), F.max_unpool2d(y, idx, 2, stride=2))

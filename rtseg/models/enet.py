@@ -87,19 +87,25 @@ def max_unpool2x2(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return out.view(b, c, 2 * h, 2 * w)
 
 
-def argmax_mask2x2(x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+def argmax_mask2x2(x: torch.Tensor) -> torch.Tensor:
     """Where each 2x2 window's maximum sits, as a one-hot ``B x C x 4 x h x w`` float mask.
 
     Slot ``k = 2 * i + j`` marks offset ``(i, j)`` inside the window; on ties the first maximum in
-    row-major order wins, the position ``F.max_pool2d(..., return_indices=True)`` reports. Built from
-    strided slices, comparisons and products only (no ScatterElements), which graph runtimes fuse well.
+    row-major order wins (``>=`` against later positions, ``>`` against earlier ones), the position
+    ``F.max_pool2d(..., return_indices=True)`` reports. The four phases are only compared with each
+    other -- never with a separately computed max-pool output, which a quantized or bf16 graph may round
+    differently -- using strided slices, comparisons and products (no ScatterElements).
     """
-    x00, x01, x10, x11 = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    e00, e01, e10, e11 = ((v == pooled).to(x.dtype) for v in (x00, x01, x10, x11))
-    m01 = e01 * (1 - e00)
-    m10 = e10 * (1 - e00) * (1 - e01)
-    m11 = e11 * (1 - e00) * (1 - e01) * (1 - e10)
-    return torch.stack((e00, m01, m10, m11), 2)
+    p = (x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2])
+    slots = []
+    for k in range(4):
+        m = None
+        for j in range(4):
+            if j != k:
+                c = (p[k] >= p[j]) if j > k else (p[k] > p[j])
+                m = c if m is None else m & c
+        slots.append(m.to(x.dtype))
+    return torch.stack(slots, 2)
 
 
 def mask_unpool2x2(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -193,7 +199,7 @@ class DownsamplingBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.unpool == "mask":
             main = F.max_pool2d(x, 2, stride=2)
-            where = argmax_mask2x2(x, main)
+            where = argmax_mask2x2(x)
         else:
             main, where = F.max_pool2d(x, 2, stride=2, return_indices=True)
         # channel zero-padding as a Pad op (exports to ONNX; no device-specific zeros tensor)
