@@ -41,6 +41,12 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _cpu_name() -> str:
+    from rtseg.bench import machine_info
+
+    return machine_info().get("cpu") or platform.machine()
+
+
 def _index(weights_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     p = (weights_dir or WEIGHTS_DIR) / INDEX
     if not p.is_file():
@@ -155,7 +161,7 @@ def package_weights(
         "train_time_s": train_time_s,
         "wall_time_s": wall_time_s,
         "epoch": meta.get("epoch"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "notes": notes,
         # the run folder (training log) when the checkpoint sits in one, as given (relative to the repo)
