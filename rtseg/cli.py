@@ -20,7 +20,7 @@ COMMAND_MODULES = [
     "rtseg._cli.train",
     "rtseg._cli.demo",
     "rtseg._cli.report",
-    "rtseg._cli.export", "rtseg._cli.predict", "rtseg._cli.bench",
+    "rtseg._cli.export", "rtseg._cli.predict", "rtseg._cli.bench", "rtseg._cli.weights",
 ]
 
 

@@ -73,3 +73,14 @@ def test_shipped_weights_load_by_name_and_match_their_records() -> None:
         assert model.rtseg_name == rec["model"] and model.num_classes == len(rec["classes"])
         assert sum(p.numel() for p in model.parameters()) == rec["params"]
         assert rec["command"].startswith(("rtseg train", "python scripts/"))
+
+
+def test_cli_weights_lists_and_refuses_unknown(capsys) -> None:
+    from rtseg.cli import main
+
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    for name in available_weights():
+        assert name in out
+    assert main(["weights", "no_such_weights"]) == 2
+    assert "no_such_weights: no such checkpoint" in capsys.readouterr().err
