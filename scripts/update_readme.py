@@ -1,4 +1,5 @@
-"""Regenerate the README's model table (registry) and trained-weights table (rtseg/weights/index.json).
+"""Regenerate the README's model table (registry), its trained-weights table and docs/results.md's zoo
+details (both from rtseg/weights/index.json).
 
 Neither table is typed by hand.
 
@@ -13,8 +14,10 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+RESULTS = README.parent / "docs" / "results.md"
 START, END = "<!-- models:start -->", "<!-- models:end -->"
 WSTART, WEND = "<!-- weights:start -->", "<!-- weights:end -->"
+ZSTART, ZEND = "<!-- zoo:start -->", "<!-- zoo:end -->"
 SIZE = (512, 1024)
 
 
@@ -74,6 +77,31 @@ def weights_table(index: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def zoo_details(index: dict | None = None) -> str:
+    """docs/results.md: per-class IoU of every shipped model and the exact command that trained it."""
+    from rtseg.hub import weights_info
+
+    index = weights_info() if index is None else index
+    if not index:
+        return "No trained weights are shipped yet."
+    names = sorted(index, key=lambda n: -index[n]["val_miou"])
+    classes = list(index[names[0]]["per_class_iou"])
+    lines = ["| class | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---:|" * len(names)]
+    for c in classes:
+        cells = [index[n]["per_class_iou"].get(c) for n in names]
+        lines.append(f"| {c} | " + " | ".join("-" if v is None else f"{v * 100:.1f}" for v in cells) + " |")
+    lines.append("| **mIoU** | " + " | ".join(f"**{index[n]['val_miou'] * 100:.2f}**" for n in names) + " |")
+    lines += ["", "Per-class IoU (%) on CamVid val, fp32, full frames (`rtseg/weights/index.json`). How each was trained:", ""]
+    for n in names:
+        r = index[n]
+        t = r.get("train_time_s")
+        tt = "" if t is None else f"; training loops {t / 3600:.1f} h"
+        wall = "" if not r.get("wall_time_s") else f", wall {r['wall_time_s'] / 3600:.1f} h"
+        lines.append(f"- `{n}` (`{r['model']}`{', trained as ' + r['trained_as'] if r['trained_as'] != r['model'] else ''}"
+                     f"{tt}{wall}; {r['machine']}): `{r['command']}`" + (f" -- {r['notes']}" if r.get("notes") else ""))
+    return "\n".join(lines)
+
+
 def _replace(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise SystemExit(f"{README}: markers {start} / {end} not found")
@@ -90,14 +118,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    text = README.read_text()
-    new = render(text)
-    if args.check:
+    stale = []
+    for path, fn in ((README, render), (RESULTS, lambda t: _replace(t, ZSTART, ZEND, zoo_details()))):
+        text = path.read_text()
+        new = fn(text)
         if new != text:
-            print("README.md tables are stale: run python scripts/update_readme.py", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new)
+            stale.append(path.name)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"{', '.join(stale)}: generated tables are stale: run python scripts/update_readme.py", file=sys.stderr)
+        return 1
     return 0
 
 
