@@ -57,6 +57,12 @@ def _index(weights_dir: Path | None = None) -> dict[str, dict[str, Any]]:
         raise CheckpointError(f"{p}: unreadable weights index ({e})") from None
 
 
+def _write_index(weights_dir: Path, index: dict[str, dict[str, Any]]) -> None:
+    from rtseg._io import atomic_write_text
+
+    atomic_write_text(weights_dir / INDEX, json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+
+
 def available_weights(weights_dir: Path | None = None) -> list[str]:
     """Names of the shipped weights (files present and listed in the index)."""
     d = weights_dir or WEIGHTS_DIR
@@ -119,7 +125,6 @@ def package_weights(
     """
     import torch
 
-    from rtseg._io import atomic_write_text
     from rtseg.checkpoint import load_model, save_model
     from rtseg.data import build_dataset
     from rtseg.evaluate import evaluate
@@ -183,15 +188,13 @@ def package_weights(
     record["file_bytes"] = path.stat().st_size
     index = _index(d)
     index[name] = record
-    atomic_write_text(d / INDEX, json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    _write_index(d, index)
     return record
 
 
 def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_dir: Path | None = None) -> dict:
     """Store ``rtseg.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
     ``backend/precision``, with size, threads and the machine); the weights file itself is unchanged."""
-    from rtseg._io import atomic_write_text
-
     d = weights_dir or WEIGHTS_DIR
     index = _index(d)
     if name not in index:
@@ -206,5 +209,5 @@ def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_
         "machine": {k: machine.get(k) for k in ("cpu", "cores", "load_avg", "torch", "onnxruntime", "openvino")},
         "date": time.strftime("%Y-%m-%d"),
     }
-    atomic_write_text(d / INDEX, json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    _write_index(d, index)
     return rec
