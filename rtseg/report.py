@@ -72,12 +72,13 @@ def _resolve(arg: str | os.PathLike) -> _Source:
 
     p = Path(arg)
     if not p.exists():
-        from rtseg.hub import available_weights, resolve_weights, weights_info
+        from rtseg.hub import resolve_weights, weights_info
 
-        if str(arg) not in available_weights():
+        record = weights_info().get(str(arg))
+        if record is None:
             raise FileNotFoundError(f"{arg}: no such run folder, checkpoint or shipped weights")
-        ckpt = resolve_weights(str(arg))  # shipped weights by name; its training log if the run is at hand
-        run = weights_info(str(arg)).get("run")
+        ckpt = resolve_weights(str(arg))  # shipped weights by name (hash checked); its log if the run is at hand
+        run = record.get("run")
         cands = [Path(run), Path(__file__).resolve().parents[1] / run] if run else []
         log = next((c / "metrics.jsonl" for c in cands if (c / "metrics.jsonl").is_file()), None)
         return _Source(str(arg), ckpt, None if log is None else log.parent, log)

@@ -15,7 +15,6 @@ ONNX Runtime ``quantize_static`` (QDQ, per-channel weights), calibrated on ``cal
 from __future__ import annotations
 
 import contextlib
-
 import glob
 import os
 import shutil
