@@ -221,6 +221,7 @@ def benchmark(
     calibration: Any = None,
     calibration_size: int = 32,
     num_classes: int = 19,
+    graph_argmax: bool = False,
     log: Any = None,
 ) -> list[BenchResult]:
     """Benchmark every ``model x size x (backend, precision)``; one :class:`BenchResult` per row.
@@ -228,6 +229,8 @@ def benchmark(
     ``models``: registry names (random weights with ``num_classes`` outputs) or checkpoints. ``int8`` rows
     are calibrated on ``calibration`` images, or on synthetic :func:`bench_image` images when None (fine for
     speed, not for accuracy). Agreement is measured on one :func:`bench_image` against fp32 eager PyTorch.
+    ``graph_argmax=True`` times the deploy graphs with the argmax inside (``uint8`` labels out, as
+    ``rtseg export --argmax`` writes them); their rows have setting ``deploy+argmax``.
     """
     from rtseg.segmenter import Segmenter
 
@@ -244,7 +247,8 @@ def benchmark(
             torch.set_num_threads(threads)
             with torch.no_grad():
                 ref = model(x).argmax(1).numpy()
-            todo = ([("torch", "fp32", "baseline")] if baseline else []) + [(b, p, "deploy") for b, p in configs]
+            deploy = "deploy+argmax" if graph_argmax else "deploy"
+            todo = ([("torch", "fp32", "baseline")] if baseline else []) + [(b, p, deploy) for b, p in configs]
             for backend, precision, setting in todo:
                 _reset_peak_rss()
                 t0 = time.perf_counter()
@@ -260,7 +264,8 @@ def benchmark(
                                                                              for s in range(1, 9)]
                     try:
                         seg = Segmenter(model, backend, precision, size=size, threads=threads,
-                                        calibration=calib, calibration_size=calibration_size)
+                                        calibration=calib, calibration_size=calibration_size,
+                                        graph_argmax=graph_argmax)
                     except (ValueError, ImportError) as e:
                         if log:
                             log(f"skip {name} {size[0]}x{size[1]} {backend}/{precision}: {e}")
@@ -269,7 +274,8 @@ def benchmark(
                 build = time.perf_counter() - t0
                 times = _timeit(run, xn, warmup, runs)
                 out = run(xn)
-                agreement = float((out.argmax(1) == ref).mean())
+                labels = out if out.ndim == 3 else out.argmax(1)  # in-graph argmax: labels already
+                agreement = float((labels == ref).mean())
                 tput = None
                 if throughput_seconds > 0:
                     if seg is None:

@@ -131,6 +131,11 @@ class Segmenter:
         threads: CPU threads (default: all cores).
         calibration: int8 calibration images (folder, glob, list of paths/arrays, or a ``SegDataset``).
         calibration_size: how many calibration images to use (spread evenly over ``calibration``).
+        graph_argmax: put the argmax inside the runtime graph, which then returns ``uint8`` labels instead
+            of float logits (the full-resolution logits are a large share of the memory traffic: ~8 % of
+            ``essnet_dg2``'s OpenVINO int8 time at 512x1024, docs/benchmarks.md). Labels of a resized input
+            are brought back to the source resolution by nearest-neighbour resizing instead of resizing the
+            logits; :meth:`logits` is then unavailable.
 
     ``predict(image)`` maps an ``H x W x 3`` uint8 RGB image (or a path) to ``H x W`` uint8 labels;
     a list (or a ``B x H x W x 3`` array) gives a list (``B x H x W`` array). ``logits`` returns float32
@@ -146,6 +151,7 @@ class Segmenter:
         threads: int | None = None,
         calibration: Any = None,
         calibration_size: int = 32,
+        graph_argmax: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -168,6 +174,7 @@ class Segmenter:
         self.model = model.eval()
         self.backend, self.precision = backend, precision
         self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.graph_argmax = bool(graph_argmax)
         self.threads = int(threads or os.cpu_count() or 1)
         self.num_classes = int(model.num_classes)
         meta = getattr(model, "rtseg_meta", None) or {}
@@ -205,9 +212,12 @@ class Segmenter:
         torch.set_num_threads(self.threads)
         bf16 = self.precision == "bf16"
 
+        argmax = self.graph_argmax
+
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return net(torch.from_numpy(x)).float().numpy()
+                out = net(torch.from_numpy(x))
+                return out.argmax(1).to(torch.uint8).numpy() if argmax else out.float().numpy()
 
         self.deploy_model = net
         return run
@@ -216,7 +226,7 @@ class Segmenter:
         from rtseg.export import export_onnx
 
         return export_onnx(self.model, Path(self._tmp) / "model.onnx", size=self._export_size(),
-                           dynamic=self.size is None, dynamic_batch=True, fold=True)
+                           dynamic=self.size is None, dynamic_batch=True, fold=True, argmax=self.graph_argmax)
 
     def _build_onnxruntime(self, calib: list[np.ndarray] | None) -> Any:
         try:
@@ -314,12 +324,17 @@ class Segmenter:
         return x, False
 
     def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x H x W`` float RGB in [0, 1] -> ``B x C x H x W`` float32 logits at the same resolution."""
+        """``B x 3 x H x W`` float RGB in [0, 1] -> ``B x C x H x W`` float32 logits at the same resolution
+        (with ``graph_argmax``: ``B x H x W`` uint8 labels)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected B x 3 x H x W, got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         xin, resized = self._prep(x.float().contiguous(), self.size)
         out = torch.from_numpy(np.ascontiguousarray(self._run(xin.numpy())))
+        if self.graph_argmax:
+            if resized:
+                return F.interpolate(out[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0].to(torch.uint8)
+            return out[..., :h, :w]
         if resized:
             return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         return out[..., :h, :w]
@@ -343,7 +358,10 @@ class Segmenter:
         for im in items:
             x = torch.from_numpy(np.require(im, requirements="W")).permute(2, 0, 1)[None].float().div_(255.0)
             lg = self.forward_tensor(x)[0]
-            outs.append(lg.argmax(0).to(torch.uint8).numpy() if labels else lg.numpy())
+            if self.graph_argmax:
+                outs.append(lg.numpy())
+            else:
+                outs.append(lg.argmax(0).to(torch.uint8).numpy() if labels else lg.numpy())
         if single:
             return outs[0]
         return np.stack(outs) if stacked else outs
@@ -355,17 +373,21 @@ class Segmenter:
 
     def logits(self, images: Any) -> Any:
         """Like :meth:`predict` but float32 ``C x H x W`` class scores at the source resolution."""
+        if self.graph_argmax:
+            raise ValueError("this Segmenter was built with graph_argmax=True: its graph returns labels, not "
+                             "logits (build one without graph_argmax for class scores)")
         return self._each(images, labels=False)
 
     def as_module(self) -> nn.Module:
-        """An ``nn.Module`` view (``B x 3 x H x W`` [0, 1] -> logits) for :func:`rtseg.evaluate`."""
+        """An ``nn.Module`` view (``B x 3 x H x W`` [0, 1] -> logits) for :func:`rtseg.evaluate`; with
+        ``graph_argmax`` the "logits" are the one-hot labels (same argmax, so the same scores)."""
         return _SegmenterModule(self)
 
     def info(self) -> dict[str, Any]:
         """Backend, precision, size, threads and model, for logs and benchmark records."""
         return {"model": getattr(self.model, "rtseg_name", type(self.model).__name__), "backend": self.backend,
                 "precision": self.precision, "size": list(self.size) if self.size else None,
-                "threads": self.threads, "build_s": round(self.build_seconds, 2)}
+                "threads": self.threads, "graph_argmax": self.graph_argmax, "build_s": round(self.build_seconds, 2)}
 
     def close(self) -> None:
         """Delete the exported graphs of this segmenter (also done when it is garbage-collected)."""
@@ -385,4 +407,7 @@ class _SegmenterModule(nn.Module):
         self.rtseg_meta = getattr(seg.model, "rtseg_meta", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seg.forward_tensor(x.cpu())
+        out = self.seg.forward_tensor(x.cpu())
+        if self.seg.graph_argmax:  # labels -> one-hot scores, so evaluate's argmax recovers them exactly
+            return F.one_hot(out.long(), self.num_classes).permute(0, 3, 1, 2).float()
+        return out

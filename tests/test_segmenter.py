@@ -104,3 +104,37 @@ def test_bf16_torch_close(model, images):
     ref = Segmenter(model, "torch").logits(images[0])
     got = Segmenter(model, "torch", "bf16").logits(images[0])
     assert np.abs(got - ref).max() < 0.05 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("size", [None, (64, 96)])
+def test_graph_argmax_same_labels(model, images, size):
+    """The argmax inside the graph returns the labels the logits graph gives (nearest resize when resized)."""
+    import torch.nn.functional as F
+
+    for backend in ["torch", *_backends()]:
+        logit_seg = Segmenter(model, backend, size=size)
+        lab_seg = Segmenter(model, backend, size=size, graph_argmax=True)
+        for im in images:
+            got = lab_seg.predict(im)
+            assert got.shape == im.shape[:2] and got.dtype == np.uint8
+            if size is None:  # same resolution: exactly the argmax of the logits graph
+                assert (got == logit_seg.predict(im)).mean() >= 0.999, backend
+            else:  # model-size labels, resized back nearest-neighbour
+                x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
+                xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+                small = logit_seg.forward_tensor(xs)[0].argmax(0).float()
+                want = F.interpolate(small[None, None], size=im.shape[:2], mode="nearest-exact")[0, 0]
+                assert (got == want.numpy()).mean() >= 0.999, backend
+        with pytest.raises(ValueError, match="graph_argmax"):
+            lab_seg.logits(images[0])
+        # the nn.Module view scores labels as one-hot: evaluate's argmax gives the labels back
+        x = torch.from_numpy(images[1]).permute(2, 0, 1)[None].float() / 255
+        assert (lab_seg.as_module()(x).argmax(1)[0].numpy() == lab_seg.predict(images[1])).all()
+
+
+def test_graph_argmax_int8_openvino(model, images):
+    pytest.importorskip("nncf")
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 7)]
+    seg = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True)
+    out = seg.predict(images[0])
+    assert out.shape == images[0].shape[:2] and out.dtype == np.uint8 and out.max() < 5

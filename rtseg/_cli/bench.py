@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=19, help="classes for registry names (default 19)")
     p.add_argument("--no-baseline", action="store_true", help="leave out the unfused eager fp32 baseline row")
     p.add_argument("--profile", action="store_true", help="per-layer-type time breakdown for every row")
+    p.add_argument("--argmax", action="store_true",
+                   help="time the deploy graphs with the argmax inside (uint8 labels out, as export --argmax)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE",
                    help="write results + machine info as JSON ('-' for stdout)")
     p.set_defaults(func=run)
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     rows = benchmark(args.models, sizes, configs, threads=args.threads, warmup=args.warmup, runs=args.runs,
                      throughput_seconds=args.throughput_seconds, baseline=not args.no_baseline,
                      profile=args.profile, calibration=args.calib, calibration_size=args.calib_count,
-                     num_classes=args.num_classes, log=log)
+                     num_classes=args.num_classes, graph_argmax=args.argmax, log=log)
     if args.profile:
         for r in rows:
             total = sum(r.profile.values()) or 1.0

@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--calib", default=None, help="int8: calibration images (folder or glob)")
     p.add_argument("--calib-count", type=int, default=32, help="int8: number of calibration images (default 32)")
+    p.add_argument("--graph-argmax", action="store_true",
+                   help="argmax inside the runtime graph (uint8 labels out: less memory traffic; labels of "
+                        "resized frames are resized back nearest-neighbour)")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays")
     p.add_argument("--side-by-side", action="store_true", help="also write image | overlay (PNG, or mp4 for video)")
     p.add_argument("--save-frames", action="store_true", help="videos: also write every frame's label PNG")
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.precision == "int8" and args.calib is None:
         raise UsageError("--precision int8 needs --calib (a folder or glob of training images)")
-    kw = {"threads": args.threads}
+    kw = {"threads": args.threads, "graph_argmax": args.graph_argmax}
     if args.calib is not None:
         kw.update(calibration=args.calib, calibration_size=args.calib_count)
     s = predict(args.weights, args.sources, args.out, backend=args.backend, precision=args.precision,
