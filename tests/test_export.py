@@ -83,3 +83,54 @@ def test_cli_export(enet, tmp_path, capsys):
     assert doc["format"] == "onnx" and doc["checks"][0]["agreement"] == 1.0 and out.is_file()
     assert main(["export", str(out), "--weights", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("name", ["essnet_dg2s", "essnet_dg4s"])
+def test_shuffle_folded_into_dense_pointwise(name, tmp_path):
+    """Deploy form: each DGCS shuffle becomes a row permutation of a dense 1x1 conv, outputs unchanged."""
+    import copy
+
+    from rtseg.export import deploy_model
+    from rtseg.models._essnet_blocks import ConvModule
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5).eval()
+    _randomise_bn(model)
+    x = torch.rand(2, 3, 32, 64)
+    with torch.no_grad():
+        ref = model(x)
+        unfolded_bn = copy.deepcopy(model).export_form()  # BatchNorm still there: permuted with the rows
+        got = unfolded_bn(x)
+        deployed = deploy_model(model)(x)
+    mods = [m for m in unfolded_bn.modules() if isinstance(m, ConvModule)]
+    assert mods and not any(m.shuffle for m in mods)
+    assert all(m.conv1L_1.groups == 1 for m in mods)
+    assert any(m.shuffle for m in model.modules() if isinstance(m, ConvModule))  # the original is untouched
+    assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(deployed, ref, atol=1e-4)
+    res = export(model, tmp_path / "m.onnx", "onnx", size=(32, 64))
+    assert res.checks[0]["max_abs"] < 1e-4 and res.checks[0]["agreement"] == 1.0
+
+
+def test_shuffle_fold_leaves_masked_and_plain_modules():
+    from rtseg import make_gradual
+    from rtseg.models._essnet_blocks import ConvModule
+
+    model = make_gradual(create_model("essnet_d", num_classes=3), groups=2, shuffle=True)
+    x = torch.rand(1, 3, 32, 64)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(model.export_form()(x), ref)  # masked convs are not folded (deploy converts them first)
+    assert any(m.shuffle for m in model.modules() if isinstance(m, ConvModule))
+    plain = ConvModule(8, groups=2, shuffle=False)
+    assert plain.fold_shuffle() is False

@@ -132,6 +132,39 @@ class ConvModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.residual(x) + x)
 
+    @torch.no_grad()
+    def fold_shuffle(self) -> bool:
+        """Fold the DGCS channel shuffle into the first pointwise conv (in place; same outputs).
+
+        ``shuffle(relu(bn(conv_g(y))))`` equals ``relu(bn'(conv'(y)))`` where ``conv'`` is the grouped conv
+        written as a dense 1x1 conv (zeros off the group blocks) with its output rows permuted, and ``bn'``
+        the same permutation of the BatchNorm. No grouped layout can express the permuted rows, hence dense:
+        ``g`` x the MACs of that conv, but no ShuffleChannels op and its layout conversions, which cost more
+        in OpenVINO int8 (docs/deploy.md). Returns False (and changes nothing) without a shuffle or when
+        ``conv1L_1`` is not a plain grouped ``nn.Conv2d`` (e.g. still a gradual-grouping masked conv).
+        """
+        conv = self.conv1L_1
+        if not self.shuffle or type(conv) is not nn.Conv2d or conv.kernel_size != (1, 1):
+            return False
+        c, g = conv.out_channels, conv.groups
+        perm = channel_shuffle(torch.arange(c, dtype=torch.float32).view(1, c, 1, 1), g).view(-1).long()
+        n_in, n_out = c // g, conv.out_channels // g
+        w = conv.weight.new_zeros(c, conv.in_channels, 1, 1)
+        for i in range(g):
+            w[i * n_out : (i + 1) * n_out, i * n_in : (i + 1) * n_in] = conv.weight[i * n_out : (i + 1) * n_out]
+        dense = nn.Conv2d(conv.in_channels, c, 1, bias=conv.bias is not None).to(conv.weight)
+        dense.weight.copy_(w[perm])
+        if conv.bias is not None:
+            dense.bias.copy_(conv.bias[perm])
+        self.conv1L_1 = dense
+        bn = self.bn2_1
+        if isinstance(bn, nn.BatchNorm2d):
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                if t is not None:
+                    t.copy_(t[perm])
+        self.shuffle = False
+        return True
+
 
 class UpsamplerBlock(nn.Module):
     """x2 learned upsampling: stride-2 transposed conv -> BN -> ReLU, ``B x in x H x W`` -> ``B x out x 2H x 2W``.

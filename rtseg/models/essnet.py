@@ -224,6 +224,15 @@ class ESSNet(SegmentationModel):
             return PyramidPooling(in_ch, out_ch)
         raise ValueError(f"unknown layer kind {kind!r}")
 
+    def export_form(self) -> ESSNet:
+        """Fold every DGCS channel shuffle into the dense form of the pointwise conv before it
+        (:meth:`ConvModule.fold_shuffle`): identical outputs; OpenVINO int8 ``essnet_dg2s`` at 512x1024
+        67 -> 58 ms in an interleaved A/B (ONNX Runtime / PyTorch fp32 unchanged), docs/deploy.md."""
+        for m in self.modules():
+            if isinstance(m, ConvModule):
+                m.fold_shuffle()
+        return self
+
     def forward_padded(self, x: torch.Tensor, encoder_only: bool = False) -> torch.Tensor:
         feats = self.encoder(x)
         if encoder_only:
