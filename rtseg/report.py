@@ -267,8 +267,24 @@ def _colors(n: int) -> list[Any]:
 
 
 def _annotate_points(ax: Any, xs: list[float], ys: list[float], labels: list[str], colors: list[Any]) -> None:
-    for x, y, t, c in zip(xs, ys, labels, colors):
-        ax.annotate(t, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9, color=c)
+    """Label each point right of it; labels that would overlap an earlier one are moved down a line.
+
+    Call after the axis limits are final (positions are compared in display units)."""
+    fig = ax.figure
+    fig.canvas.draw()  # text extents need a renderer
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []  # bounding boxes (display units) of labels already drawn
+    for i in sorted(range(len(xs)), key=lambda i: -ys[i]):  # top to bottom
+        dy = 5.0
+        for _ in range(12):
+            t = ax.annotate(labels[i], (xs[i], ys[i]), xytext=(6, dy), textcoords="offset points", fontsize=9,
+                            color=colors[i])
+            box = t.get_window_extent(renderer).expanded(1.05, 1.15)
+            if not any(box.overlaps(b) for b in placed):
+                break
+            t.remove()
+            dy -= 10.0
+        placed.append(box)
 
 
 def _pad_limits(ax: Any, xs: list[float], ys: list[float], logx: bool) -> None:
@@ -292,7 +308,7 @@ def _fig_accuracy_vs(entries: list[_Entry], path: Path, *, what: str) -> Path:
     plt = _pyplot()
     colors = [e.color for e in entries]
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    xs_all, ys_all = [], []
+    xs_all, ys_all, labelled = [], [], []
     for e, c in zip(entries, colors):
         r = e.record
         y = 100 * r["miou"] if r["miou"] is not None else float("nan")
@@ -306,8 +322,7 @@ def _fig_accuracy_vs(entries: list[_Entry], path: Path, *, what: str) -> Path:
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [y] * len(pts), color=c, lw=1, alpha=0.6, zorder=2)
         if pts and not math.isnan(y):
-            x_lab = max(p[0] for p in pts)
-            _annotate_points(ax, [x_lab], [y], [e.source.label], [c])
+            labelled.append((max(p[0] for p in pts), y, e.source.label, c))
             xs_all += [p[0] for p in pts]
             ys_all.append(y)
     logx = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20
@@ -332,6 +347,8 @@ def _fig_accuracy_vs(entries: list[_Entry], path: Path, *, what: str) -> Path:
     ax.set_ylabel("val mIoU (%)")
     ax.grid(True, alpha=0.3, which="both")
     fig.tight_layout()
+    if labelled:
+        _annotate_points(ax, *(list(col) for col in zip(*labelled)))
     return _save_fig(fig, path)
 
 

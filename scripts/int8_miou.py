@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-count", type=int, default=32)
     p.add_argument("--config", action="append", default=None, help="backend/precision (repeatable; "
                    "default openvino/int8 and onnxruntime/int8)")
+    p.add_argument("--graph-argmax", action="store_true",
+                   help="evaluate the graphs with the argmax inside (what `rtseg export --argmax` ships)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
 
@@ -51,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"model": spec, "backend": "torch", "precision": "fp32", "miou": ref, "delta": 0.0})
         for backend, precision in configs:
             seg = Segmenter(model, backend, precision, size=size,
-                            calibration=calib if precision == "int8" else None, calibration_size=a.calib_count)
+                            calibration=calib if precision == "int8" else None, calibration_size=a.calib_count,
+                            graph_argmax=a.graph_argmax)
             miou = evaluate(seg.as_module(), ds, progress=False)["miou"]
             seg.close()
             rows.append({"model": spec, "backend": backend, "precision": precision, "miou": miou,
-                         "delta": miou - ref, "calibration": f"{a.calib_count} {a.calib_split} images"})
+                         "delta": miou - ref, "calibration": f"{a.calib_count} {a.calib_split} images",
+                         "graph_argmax": a.graph_argmax})
             print(f"{spec}: {backend}/{precision} mIoU {miou * 100:.2f} ({(miou - ref) * 100:+.2f})", flush=True)
     if a.json:
         atomic_write_text(a.json, json.dumps(rows, indent=2) + "\n")

@@ -197,3 +197,22 @@ def test_group_labels_disambiguate_same_split():
     labels = _group_labels([a, b, c, a])
     assert labels[a] == "synthetic/val (length=8)" and labels[b] == "synthetic/val (length=16)"
     assert labels[c] == "camvid/val"  # only names that collide get the arguments that tell them apart
+
+
+def test_point_labels_do_not_overlap():
+    """Models with nearly equal (GMACs, mIoU) get labels one below the other, not on top of each other."""
+    from rtseg.metrics import _pyplot
+    from rtseg.report import _annotate_points
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    xs, ys = [1.0, 1.02, 1.01, 5.0], [21.6, 21.8, 21.7, 50.0]
+    ax.scatter(xs, ys)
+    ax.set_xlim(0, 8)
+    ax.set_ylim(0, 60)
+    _annotate_points(ax, xs, ys, ["essnet_dg2s_camvid", "essnet_dg4s_camvid", "third", "enet"], ["k"] * 4)
+    r = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(r) for t in ax.texts]
+    assert len(boxes) == 4
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i + 1, 4))
+    plt.close(fig)
