@@ -52,15 +52,31 @@ class ExportError(RuntimeError):
     """The model cannot be exported (declared by its registry entry, or the exporter failed)."""
 
 
+#: how the in-graph argmax is written: ``argmax`` (one ONNX ``ArgMax``) or ``max_equal`` (``ReduceMax``, ``Equal``,
+#: ``Where``, ``ReduceMin``). Same labels, ties included (the first maximal class). OpenVINO's CPU plugin runs
+#: ``ArgMax`` as a ``TopK`` that took 35 % of ``essnet_dg2s``'s int8 time at 512x1024; in an interleaved A/B
+#: (512x1024, p50) OpenVINO int8 66.2 -> 48.3 ms and fp32 129.4 -> 106.5 ms with ``max_equal``, while ONNX
+#: Runtime is faster with ``ArgMax`` (108.9 vs 138.5 ms): each runtime gets its own form (docs/deploy.md).
+ARGMAX_FORMS = ("argmax", "max_equal")
+
+
 class _ArgmaxHead(nn.Module):
     """Wraps a model so the graph returns uint8 labels (B x H x W) instead of float logits."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, form: str = "argmax") -> None:
         super().__init__()
-        self.model = model
+        if form not in ARGMAX_FORMS:
+            raise ExportError(f"unknown argmax form {form!r}; choose from {', '.join(ARGMAX_FORMS)}")
+        self.model, self.form = model, form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).argmax(1).to(torch.uint8)
+        y = self.model(x)
+        if self.form == "argmax":
+            return y.argmax(1).to(torch.uint8)
+        c = y.shape[1]
+        index = torch.arange(c, dtype=y.dtype, device=y.device).view(1, c, 1, 1)
+        first = torch.where(y == y.amax(1, keepdim=True), index, torch.full_like(index, c))
+        return first.amin(1).to(torch.uint8)  # the smallest maximal class, as argmax returns
 
 
 def _check_exportable(model: nn.Module) -> None:
@@ -119,14 +135,14 @@ def _check_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> None:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
                 opset: int = DEFAULT_OPSET, dynamic: bool = False, argmax: bool = False,
-                fold: bool = False, dynamic_batch: bool = False) -> Path:
+                fold: bool = False, dynamic_batch: bool = False, argmax_form: str = "argmax") -> Path:
     """Write ``model`` (eval mode) as ONNX to ``path`` atomically.
 
     Graph input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1] (normalisation is inside the graph);
     output ``logits`` (``B x C x H x W`` float32) or, with ``argmax=True``, ``labels`` (``B x H x W`` uint8).
     ``dynamic=True`` makes batch, height and width symbolic (sides must then be multiples of
     ``size_divisor``); ``dynamic_batch=True`` only the batch. ``fold=True`` exports :func:`deploy_model`
-    of ``model`` (``export`` always does).
+    of ``model`` (``export`` always does). ``argmax_form`` picks how the argmax is written (:data:`ARGMAX_FORMS`).
     """
     _check_exportable(model)
     if opset < 17:
@@ -134,7 +150,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     _check_size(model, size, dynamic)
     src = model
     model = deploy_model(model) if fold else model.eval()
-    net = _ArgmaxHead(model) if argmax else model
+    net = _ArgmaxHead(model, argmax_form) if argmax else model
     x = _example(size)
     out_name = "labels" if argmax else "logits"
     axes = ({"image": {0: "batch", 2: "height", 3: "width"}, out_name: {0: "batch", 1 + (not argmax): "height",
@@ -185,7 +201,8 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, size: tuple[int, 
     if path.suffix != ".xml":
         raise ExportError(f"{path}: an OpenVINO IR path must end in .xml (the weights go to a .bin beside it)")
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "m.onnx", size=size, dynamic=dynamic, argmax=argmax, fold=fold)
+        onnx_path = export_onnx(model, Path(tmp) / "m.onnx", size=size, dynamic=dynamic, argmax=argmax, fold=fold,
+                                argmax_form="max_equal")  # OpenVINO runs ArgMax (TopK) slowly, see ARGMAX_FORMS
         ir = ov.convert_model(str(onnx_path))
         for k, v in graph_metadata(model, None if dynamic else size, argmax).items():
             ir.set_rt_info(v, ["rtseg", k])

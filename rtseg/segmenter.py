@@ -226,7 +226,8 @@ class Segmenter:
         from rtseg.export import export_onnx
 
         return export_onnx(self.model, Path(self._tmp) / "model.onnx", size=self._export_size(),
-                           dynamic=self.size is None, dynamic_batch=True, fold=True, argmax=self.graph_argmax)
+                           dynamic=self.size is None, dynamic_batch=True, fold=True, argmax=self.graph_argmax,
+                           argmax_form="max_equal" if self.backend == "openvino" else "argmax")
 
     def _build_onnxruntime(self, calib: list[np.ndarray] | None) -> Any:
         try:

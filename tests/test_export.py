@@ -134,3 +134,26 @@ def test_shuffle_fold_leaves_masked_and_plain_modules():
     assert any(m.shuffle for m in model.modules() if isinstance(m, ConvModule))
     plain = ConvModule(8, groups=2, shuffle=False)
     assert plain.fold_shuffle() is False
+
+
+def test_argmax_forms_agree_with_ties():
+    """Both in-graph argmax forms return torch's argmax: the first maximal class, ties included."""
+    from rtseg.export import _ArgmaxHead
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (2, 6, 9, 11), generator=g).float()  # few distinct values: many ties
+    want = y.argmax(1).to(torch.uint8)
+    for form in ("argmax", "max_equal"):
+        got = _ArgmaxHead(torch.nn.Identity(), form)(y)
+        assert got.dtype == torch.uint8 and torch.equal(got, want), form
+    with pytest.raises(ExportError, match="argmax form"):
+        _ArgmaxHead(torch.nn.Identity(), "topk")
+
+
+def test_openvino_argmax_export_is_max_equal(tmp_path):
+    ov = pytest.importorskip("openvino")
+    model = create_model("essnet_dg2s", num_classes=5).eval()
+    res = export(model, tmp_path / "m.xml", "openvino", size=(32, 64), argmax=True)
+    assert res.checks[0]["agreement"] == 1.0
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(res.path)).get_ops()}
+    assert "TopK" not in ops and "ReduceMax" in ops and "ReduceMin" in ops
