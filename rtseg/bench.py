@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BenchResult", "bench_image", "benchmark", "machine_info"]
+__all__ = ["BenchResult", "bench_image", "benchmark", "machine_info", "markdown_table"]
 
 
 @dataclass
@@ -315,6 +315,19 @@ def format_row(r: BenchResult) -> str:
     return (f"{r.model:<14} {r.size[0]}x{r.size[1]:<5} {r.backend + '/' + r.precision:<18} {r.setting:<8} "
             f"p50 {r.p50_ms:8.2f} ms  p90 {r.p90_ms:8.2f} ms  {r.fps:7.2f} FPS  tput {tp:>7} FPS  "
             f"rss {r.peak_rss_mb:7.1f} MB  agree {100 * r.agreement:7.3f}%")
+
+
+def markdown_table(rows: Sequence[BenchResult | dict[str, Any]]) -> str:
+    """The rows as the Markdown table docs/benchmarks.md uses (rows may be results or their JSON dicts)."""
+    out = ["| model | size | backend/precision | setting | p50 ms | p90 ms | FPS (p50) | throughput FPS | "
+           "peak RSS MB | agreement vs fp32 torch |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        d = asdict(r) if isinstance(r, BenchResult) else r
+        tp = "-" if d["throughput_fps"] is None else f"{d['throughput_fps']:.1f}"
+        out.append(f"| `{d['model']}` | {d['size'][0]}x{d['size'][1]} | {d['backend']}/{d['precision']} | "
+                   f"{d['setting']} | {d['p50_ms']:.1f} | {d['p90_ms']:.1f} | {d['fps']:.1f} | {tp} | "
+                   f"{d['peak_rss_mb']:.0f} | {100 * d['agreement']:.2f} % |")
+    return "\n".join(out) + "\n"
 
 
 def to_json(rows: Sequence[BenchResult]) -> dict[str, Any]:

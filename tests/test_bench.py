@@ -52,10 +52,12 @@ def test_bench_cli_json(tmp_path, capsys):
     out = tmp_path / "b.json"
     rc = main(["bench", "essnet_dg2s", "--size", "64x96", "--backend", "onnxruntime", "--runs", "2",
                "--warmup", "0", "--throughput-seconds", "0", "--num-classes", "4", "--argmax",
-               "--no-baseline", "--json", str(out)])
+               "--no-baseline", "--json", str(out), "--markdown", str(tmp_path / "b.md")])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["machine"]["cores"] >= 1
     (row,) = doc["results"]
     assert row["model"] == "essnet_dg2s" and row["setting"] == "deploy+argmax" and row["size"] == [64, 96]
     assert "deploy+argmax" in capsys.readouterr().out
+    md = (tmp_path / "b.md").read_text().splitlines()
+    assert md[0].startswith("| model |") and len(md) == 3 and "`essnet_dg2s` | 64x96 | onnxruntime/fp32" in md[2]

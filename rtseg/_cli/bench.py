@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="time the deploy graphs with the argmax inside (uint8 labels out, as export --argmax)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE",
                    help="write results + machine info as JSON ('-' for stdout)")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="also write the rows as a Markdown table")
     p.set_defaults(func=run)
 
 
@@ -63,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
             log(f"\n{r.model} {r.size[0]}x{r.size[1]} {r.backend}/{r.precision} ({r.setting}): time by layer type")
             for k, v in list(r.profile.items())[:15]:
                 log(f"  {k:<40} {v:9.2f} ms  {100 * v / total:5.1f}%")
+    if args.markdown:
+        from rtseg._io import atomic_write_text
+        from rtseg.bench import markdown_table
+
+        atomic_write_text(args.markdown, markdown_table(rows))
     if args.json_out:
         text = json.dumps(to_json(rows), indent=2)
         if args.json_out == "-":
