@@ -138,3 +138,17 @@ def test_graph_argmax_int8_openvino(model, images):
     seg = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True)
     out = seg.predict(images[0])
     assert out.shape == images[0].shape[:2] and out.dtype == np.uint8 and out.max() < 5
+
+
+def test_int8_keeps_transposed_convs_and_argmax_in_float(model, images):
+    """OpenVINO int8: no quantizer in front of transposed convs or the in-graph argmax (INT8_KEEP_FLOAT)."""
+    pytest.importorskip("nncf")
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 7)]
+    seg = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True)
+    fed_by = {}
+    for op in seg.ov_model.get_ordered_ops():
+        fed_by.setdefault(op.get_type_name(), []).append(
+            [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())])
+    assert "FakeQuantize" in [t for ins in fed_by["GroupConvolution"] for t in ins]  # the rest is int8
+    for kind in ("ConvolutionBackpropData", "ReduceMax", "Equal"):
+        assert kind in fed_by and all("FakeQuantize" not in ins for ins in fed_by[kind]), kind
