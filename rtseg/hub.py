@@ -200,12 +200,14 @@ def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_
     if name not in index:
         raise FileNotFoundError(f"{name}: not in {d / INDEX}")
     rec = index[name]
-    rec["latency_ms"] = {f"{r.backend}/{r.precision}": round(r.p50_ms, 2) for r in rows if r.setting == "deploy"}
+    deploy = [r for r in rows if r.setting.startswith("deploy")]
+    rec["latency_ms"] = {f"{r.backend}/{r.precision}": round(r.p50_ms, 2) for r in deploy}
+    argmax = any(r.setting == "deploy+argmax" for r in deploy)
     rec["latency"] = {
         "size": list(rows[0].size),
         "threads": rows[0].threads,
         "batch": 1,
-        "statistic": "p50 after warm-up, deploy form",
+        "statistic": "p50 after warm-up, deploy form" + (" with the argmax in the graph" if argmax else ""),
         "machine": {k: machine.get(k) for k in ("cpu", "cores", "load_avg", "torch", "onnxruntime", "openvino")},
         "date": time.strftime("%Y-%m-%d"),
     }

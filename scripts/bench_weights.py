@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-count", type=int, default=32)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--argmax", action="store_true", help="time the graphs with the argmax inside (uint8 labels)")
     a = p.parse_args(argv)
 
     from rtseg.bench import benchmark, format_row, machine_info
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         rec = weights_info(name)
         size = parse_size(a.size) if a.size else tuple(rec["macs_size"])
         rows = benchmark([name], [size], configs, warmup=a.warmup, runs=a.runs, throughput_seconds=0,
-                         baseline=False, calibration=a.calib, calibration_size=a.calib_count)
+                         baseline=False, calibration=a.calib, calibration_size=a.calib_count,
+                         graph_argmax=a.argmax)
         for r in rows:
             print(format_row(r), flush=True)
         record_latency(name, rows, machine_info())
