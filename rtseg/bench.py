@@ -1,7 +1,8 @@
 """``rtseg bench``: batch-1 latency, throughput, memory and agreement of models across runtimes and precisions.
 
 For every model, input size and ``backend/precision`` the benchmark reports, after ``warmup`` runs:
-p50 / p90 latency of the model graph alone (input already resized; no decode, resize or argmax), FPS at
+p50 / p90 latency of the model graph alone (input already resized; no decode or resize; the argmax only with
+``graph_argmax``, inside the graph as a deployment runs it), FPS at
 batch 1 (1000 / p50), throughput-mode FPS (OpenVINO: ``THROUGHPUT`` hint with an async request queue;
 ONNX Runtime / PyTorch: batch of ``throughput_batch``), peak resident memory while building and running that
 configuration (``VmHWM`` reset through ``/proc/self/clear_refs``), and the pixel agreement of its labels with
@@ -319,8 +320,9 @@ def format_row(r: BenchResult) -> str:
 
 def markdown_table(rows: Sequence[BenchResult | dict[str, Any]]) -> str:
     """The rows as the Markdown table docs/benchmarks.md uses (rows may be results or their JSON dicts)."""
-    out = ["| model | size | backend/precision | setting | p50 ms | p90 ms | FPS (p50) | throughput FPS | "
-           "peak RSS MB | agreement vs fp32 torch |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    head = ("| model | size | backend/precision | setting | p50 ms | p90 ms | FPS (p50) | throughput FPS | "
+            "peak RSS MB | agreement vs fp32 torch |")
+    out = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         d = asdict(r) if isinstance(r, BenchResult) else r
         tp = "-" if d["throughput_fps"] is None else f"{d['throughput_fps']:.1f}"

@@ -139,8 +139,9 @@ class Segmenter:
         calibration: int8 calibration images (folder, glob, list of paths/arrays, or a ``SegDataset``).
         calibration_size: how many calibration images to use (spread evenly over ``calibration``).
         graph_argmax: put the argmax inside the runtime graph, which then returns ``uint8`` labels instead
-            of float logits (the full-resolution logits are a large share of the memory traffic: ~8 % of
-            ``essnet_dg2``'s OpenVINO int8 time at 512x1024, docs/benchmarks.md). Labels of a resized input
+            of float logits (writing and reading back the full-resolution logits is a large share of the
+            memory traffic: OpenVINO int8 ``essnet_dg2s`` at 512x1024 62.3 ms with logits out, 48.3 ms with
+            the argmax inside, interleaved A/B in docs/deploy.md). Labels of a resized input
             are brought back to the source resolution by nearest-neighbour resizing instead of resizing the
             logits; :meth:`logits` is then unavailable.
 
@@ -377,11 +378,8 @@ class Segmenter:
         outs = []
         for im in items:
             x = torch.from_numpy(np.require(im, requirements="W")).permute(2, 0, 1)[None].float().div_(255.0)
-            lg = self.forward_tensor(x)[0]
-            if self.graph_argmax:
-                outs.append(lg.numpy())
-            else:
-                outs.append(lg.argmax(0).to(torch.uint8).numpy() if labels else lg.numpy())
+            out = self.forward_tensor(x)[0]  # labels already with graph_argmax (logits() refuses that case)
+            outs.append(out.argmax(0).to(torch.uint8).numpy() if labels and not self.graph_argmax else out.numpy())
         if single:
             return outs[0]
         return np.stack(outs) if stacked else outs

@@ -148,7 +148,7 @@ class ConvModule(nn.Module):
             return False
         c, g = conv.out_channels, conv.groups
         perm = channel_shuffle(torch.arange(c, dtype=torch.float32).view(1, c, 1, 1), g).view(-1).long()
-        n_in, n_out = c // g, conv.out_channels // g
+        n_in, n_out = conv.in_channels // g, c // g
         w = conv.weight.new_zeros(c, conv.in_channels, 1, 1)
         for i in range(g):
             w[i * n_out : (i + 1) * n_out, i * n_in : (i + 1) * n_in] = conv.weight[i * n_out : (i + 1) * n_out]
