@@ -148,12 +148,9 @@ class ConvModule(nn.Module):
             return False
         c, g = conv.out_channels, conv.groups
         perm = channel_shuffle(torch.arange(c, dtype=torch.float32).view(1, c, 1, 1), g).view(-1).long()
-        n_in, n_out = conv.in_channels // g, c // g
-        w = conv.weight.new_zeros(c, conv.in_channels, 1, 1)
-        for i in range(g):
-            w[i * n_out : (i + 1) * n_out, i * n_in : (i + 1) * n_in] = conv.weight[i * n_out : (i + 1) * n_out]
+        w = torch.block_diag(*conv.weight[:, :, 0, 0].split(c // g))  # c x in_channels, zeros off the groups
         dense = nn.Conv2d(conv.in_channels, c, 1, bias=conv.bias is not None).to(conv.weight)
-        dense.weight.copy_(w[perm])
+        dense.weight.copy_(w[perm, :, None, None])
         if conv.bias is not None:
             dense.bias.copy_(conv.bias[perm])
         self.conv1L_1 = dense
