@@ -111,6 +111,7 @@ def package_weights(
     train_time_s: float | None = None,
     wall_time_s: float | None = None,
     notes: str = "",
+    log: str | os.PathLike | None = None,
     weights_dir: Path | None = None,
     progress: bool = False,
     **dataset_kw: Any,
@@ -121,7 +122,10 @@ def package_weights(
     (:func:`rtseg.grouping.convert_to_deploy` without BN folding). ``val_miou`` etc. come from
     :func:`rtseg.evaluate` on ``split`` of the checkpoint's dataset at the labels' full resolution in
     fp32; params and MACs from :mod:`rtseg.profiler` at ``macs_size`` (default: the first label's size).
-    ``dataset_kw`` go to :func:`rtseg.data.build_dataset`. Returns the record.
+    ``dataset_kw`` go to :func:`rtseg.data.build_dataset`. ``log`` is the committed folder (relative to the
+    repo) holding the run's ``config.yaml`` and ``metrics.jsonl``; ``rtseg report NAME`` draws its training
+    curves from it (``run`` records where training wrote, usually an untracked ``runs/`` folder). Returns the
+    record.
     """
     import torch
 
@@ -171,6 +175,7 @@ def package_weights(
         "notes": notes,
         # the run folder (training log) when the checkpoint sits in one, as given (relative to the repo)
         "run": str(Path(checkpoint).parent) if (Path(checkpoint).parent / "metrics.jsonl").is_file() else None,
+        "log": None if log is None else str(log),
     }
     d.mkdir(parents=True, exist_ok=True)
     path = save_model(

@@ -64,6 +64,7 @@ class _Source:
     run_dir: Path | None
     metrics_log: Path | None
     label: str = ""
+    shipped: bool = False  # named shipped weights (rtseg/weights/index.json)
 
 
 def _resolve(arg: str | os.PathLike) -> _Source:
@@ -77,11 +78,12 @@ def _resolve(arg: str | os.PathLike) -> _Source:
         record = weights_info().get(str(arg))
         if record is None:
             raise FileNotFoundError(f"{arg}: no such run folder, checkpoint or shipped weights")
-        ckpt = resolve_weights(str(arg))  # shipped weights by name (hash checked); its log if the run is at hand
-        run = record.get("run")
-        cands = [Path(run), Path(__file__).resolve().parents[1] / run] if run else []
+        ckpt = resolve_weights(str(arg))  # shipped weights by name (hash checked)
+        # its training log: the committed copy ("log"), else the run folder it was trained in if at hand
+        repo = Path(__file__).resolve().parents[1]
+        cands = [c for k in ("log", "run") if record.get(k) for c in (repo / record[k], Path(record[k]))]
         log = next((c / "metrics.jsonl" for c in cands if (c / "metrics.jsonl").is_file()), None)
-        return _Source(str(arg), ckpt, None if log is None else log.parent, log)
+        return _Source(str(arg), ckpt, None if log is None else log.parent, log, shipped=True)
     if p.is_dir():
         ckpt = p / "best.pt"
         if not ckpt.is_file():
@@ -110,7 +112,10 @@ def _labels(sources: list[_Source], names: Sequence[str] | None) -> None:
             s.label = str(n)
         return
     for s in sources:
-        s.label = s.run_dir.resolve().name if s.run_dir is not None else s.checkpoint.stem
+        if s.shipped:  # shipped weights go by their name, not by the folder their log sits in
+            s.label = s.arg
+        else:
+            s.label = s.run_dir.resolve().name if s.run_dir is not None else s.checkpoint.stem
     seen: dict[str, int] = {}
     for s in sources:
         if sum(o.label == s.label for o in sources) > 1:  # e.g. two runs both called "train"

@@ -178,13 +178,37 @@ def test_bad_inputs_are_named(runs, tmp_path, capsys):
 
 def test_shipped_weights_resolve_by_name_with_their_training_log():
     from rtseg.hub import available_weights, weights_info
-    from rtseg.report import _resolve
+    from rtseg.report import _labels, _resolve
 
     if "enet_camvid" not in available_weights():
         pytest.skip("enet_camvid is not shipped")
     src = _resolve("enet_camvid")
     assert src.checkpoint.name == "enet_camvid.pt"
-    assert src.metrics_log is not None and src.metrics_log.parent.name == Path(weights_info("enet_camvid")["run"]).name
+    repo = Path(__file__).resolve().parents[1]
+    # the committed log copy, not the untracked runs/ folder training wrote to (absent on a fresh clone)
+    assert src.metrics_log == repo / weights_info("enet_camvid")["log"] / "metrics.jsonl"
+    _labels([src], None)
+    assert src.label == "enet_camvid"  # shipped weights go by their name, not their log folder's
+
+
+def test_every_shipped_weight_has_a_committed_training_log():
+    import subprocess
+
+    from rtseg.hub import available_weights, weights_info
+
+    repo = Path(__file__).resolve().parents[1]
+    names = available_weights()
+    if not names:
+        pytest.skip("no weights shipped")
+    for name in names:
+        log = weights_info(name).get("log")
+        assert log, f"{name}: index record has no 'log' folder"
+        assert not Path(log).is_absolute() and (repo / log / "metrics.jsonl").is_file(), f"{name}: {log}"
+        tracked = subprocess.run(["git", "-C", str(repo), "ls-files", "--error-unmatch", f"{log}/metrics.jsonl"],
+                                 check=False, capture_output=True) if shutil.which("git") else None
+        if tracked is None or (tracked.returncode == 128 and b"not a git repository" in tracked.stderr):
+            continue  # no git, or a copy without git metadata: the file's presence is all we can check
+        assert tracked.returncode == 0, f"{name}: {log}/metrics.jsonl is not tracked by git (gitignored?)"
 
 
 def test_group_labels_disambiguate_same_split():
