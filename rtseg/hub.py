@@ -197,6 +197,21 @@ def package_weights(
     return record
 
 
+def record_int8_keep_float(name: str, modules: list[str], evidence: dict[str, Any],
+                           weights_dir: Path | None = None) -> dict:
+    """Store the module paths int8 keeps in float for shipped weights ``name`` (found by accuracy-controlled
+    quantization, :class:`rtseg.Segmenter` ``int8_control``) with how they were found; ``Segmenter`` uses
+    them by default for these weights. The weights file itself is unchanged."""
+    d = weights_dir or WEIGHTS_DIR
+    index = _index(d)
+    if name not in index:
+        raise KeyError(f"{name}: not a shipped weights name ({', '.join(sorted(index)) or 'none shipped'})")
+    index[name]["int8_keep_float"] = list(modules)
+    index[name]["int8"] = dict(evidence)
+    _write_index(d, index)
+    return index[name]
+
+
 def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_dir: Path | None = None) -> dict:
     """Store ``rtseg.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
     ``backend/precision``, with size, threads and the machine); the weights file itself is unchanged."""

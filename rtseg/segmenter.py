@@ -9,7 +9,11 @@ to a multiple of ``size_divisor`` with the per-channel mean (zero after normalis
 PyTorch model's own padding does), then cropped back.
 
 INT8 is post-training static quantization by the runtime's own tool: OpenVINO NNCF ``nncf.quantize`` or
-ONNX Runtime ``quantize_static`` (QDQ, per-channel weights), calibrated on ``calibration`` images.
+ONNX Runtime ``quantize_static`` (QDQ, per-channel weights), calibrated on ``calibration`` images. Layers
+named in ``int8_keep_float`` (module paths) stay in float; with ``int8_control`` (labelled images) OpenVINO
+runs NNCF's accuracy-controlled quantization, which returns the most sensitive layers to float until the mIoU
+on those images drops by at most ``int8_max_drop``. Shipped weights record the layers it chose
+(``int8_keep_float`` in ``rtseg/weights/index.json``) and use them by default.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +119,27 @@ def _as_image(img: ImageLike) -> np.ndarray:
     return a
 
 
+def _labelled_pairs(source: Any) -> list[tuple[np.ndarray, Any]]:
+    """(H x W x 3 uint8 image, H x W label) pairs from a ``SegDataset`` or an iterable of pairs."""
+    from rtseg.data.base import SegDataset
+
+    pairs = [source[i][:2] for i in range(len(source))] if isinstance(source, SegDataset) else list(source)
+    if not pairs:
+        raise ValueError("int8_control: no labelled images given")
+    return [(_as_image(im), lab) for im, lab in pairs]
+
+
+def _quantized_ops(ir: Any) -> set[str]:
+    """Names of the operations of an OpenVINO model that read a FakeQuantize output (run in int8)."""
+    out = set()
+    for op in ir.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize":
+            continue
+        if any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs()):
+            out.add(op.get_friendly_name())
+    return out
+
+
 @contextlib.contextmanager
 def _working_dir(path: str | os.PathLike) -> Any:
     """``contextlib.chdir`` for Python 3.10."""
@@ -144,6 +170,15 @@ class Segmenter:
             the argmax inside, interleaved A/B in docs/deploy.md). Labels of a resized input
             are brought back to the source resolution by nearest-neighbour resizing instead of resizing the
             logits; :meth:`logits` is then unavailable.
+        int8_keep_float: module paths (``"encoder.initial_block"``, ``"decoder.layers.1.conv1L_1"``) whose
+            layers stay in float in the int8 graph, on both int8 backends. ``None``: the list recorded for
+            shipped weights given by name (found by ``int8_control`` when they were shipped), else none.
+        int8_control: labelled images (a ``SegDataset`` or ``(image, label)`` pairs; not the images you
+            report accuracy on) for OpenVINO's accuracy-controlled quantization: NNCF returns the layers
+            whose quantization costs most mIoU on them to float until the drop is at most
+            ``int8_max_drop``; the chosen modules are appended to :attr:`int8_keep_float` (reuse them at
+            other sizes without re-running the search, which takes minutes).
+        int8_max_drop: the allowed mIoU drop on ``int8_control`` as a fraction (0.01 = 1 point).
 
     ``predict(image)`` maps an ``H x W x 3`` uint8 RGB image (or a path) to ``H x W`` uint8 labels;
     a list (or a ``B x H x W x 3`` array) gives a list (``B x H x W`` array). ``logits`` returns float32
@@ -160,6 +195,9 @@ class Segmenter:
         calibration: Any = None,
         calibration_size: int = 32,
         graph_argmax: bool = False,
+        int8_keep_float: Sequence[str] | None = None,
+        int8_control: Any = None,
+        int8_max_drop: float = 0.01,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -173,12 +211,20 @@ class Segmenter:
             raise ValueError("precision='bf16' needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has none")
         if precision == "int8" and calibration is None:
             raise ValueError("precision='int8' needs calibration images (calibration=folder, glob, list or dataset)")
+        if int8_control is not None and (precision != "int8" or backend != "openvino"):
+            raise ValueError("int8_control (accuracy-controlled quantization) needs backend='openvino', precision='int8'")
+        if not 0 <= int8_max_drop < 1:
+            raise ValueError(f"int8_max_drop is a fraction of mIoU (0.01 = 1 point), got {int8_max_drop}")
         if isinstance(weights, nn.Module):
             model = weights
         else:
             from rtseg.checkpoint import load_model
 
             model = load_model(weights)
+            if int8_keep_float is None:  # shipped weights: the layers their accuracy-controlled int8 kept in float
+                from rtseg.hub import weights_info
+
+                int8_keep_float = (weights_info().get(str(weights)) or {}).get("int8_keep_float")
         self.model = model.eval()
         self.backend, self.precision = backend, precision
         self.size = None if size is None else (int(size[0]), int(size[1]))
@@ -188,6 +234,11 @@ class Segmenter:
         meta = getattr(model, "rtseg_meta", None) or {}
         self.class_names = meta.get("class_names")
         self.divisor = int(getattr(model, "size_divisor", 1))
+        #: module paths whose layers run in float in the int8 graph (given, recorded, or found by int8_control)
+        self.int8_keep_float: list[str] = list(int8_keep_float or [])
+        if self.int8_keep_float:
+            self._check_modules(self.int8_keep_float)
+        self.int8_control, self.int8_max_drop = int8_control, float(int8_max_drop)
         self.mean = model.mean.detach().flatten().float() if hasattr(model, "mean") else torch.zeros(3)
         if self.size is not None and (self.size[0] % self.divisor or self.size[1] % self.divisor):
             raise ValueError(f"size {self.size[0]}x{self.size[1]} must be a multiple of {self.divisor} for "
@@ -212,6 +263,45 @@ class Segmenter:
 
     def _export_size(self) -> tuple[int, int]:
         return self.size or tuple(-(-s // self.divisor) * self.divisor for s in self._default_size())
+
+    def _deploy_modules(self) -> set[str]:
+        if getattr(self, "_modules", None) is None:
+            from rtseg.export import deploy_model
+
+            self._modules = {n for n, _ in deploy_model(self.model).named_modules() if n}
+        return self._modules
+
+    def _check_modules(self, paths: Sequence[str]) -> None:
+        known = self._deploy_modules()
+        bad = [p for p in paths if p not in known]
+        if bad:
+            raise ValueError(f"int8_keep_float: {bad} are not modules of this model's deploy form "
+                             f"(module paths like 'encoder.initial_block')")
+
+    def _kept_float(self, names: Sequence[str]) -> list[str]:
+        """The exported node names (``/model/encoder/initial_block/conv/Conv``; ``/model`` is the in-graph
+        argmax wrapper) that belong to an :attr:`int8_keep_float` module or one inside it."""
+        keep = set(self.int8_keep_float)
+        out = []
+        for n in names:
+            parts = n.strip("/").split("/")
+            if self.graph_argmax and parts and parts[0] == "model":
+                parts = parts[1:]
+            # "layers.1" is one name component but two module-path components: compare joined prefixes
+            if any(".".join(parts[:k]) in keep for k in range(1, len(parts) + 1)):
+                out.append(n)
+        return out
+
+    def _node_module(self, node: str) -> str | None:
+        """Exported node name -> the deepest module path it belongs to (None if outside any)."""
+        parts = node.strip("/").split("/")
+        if self.graph_argmax and parts and parts[0] == "model":
+            parts = parts[1:]
+        known = self._deploy_modules()
+        for k in range(len(parts), 0, -1):
+            if ".".join(parts[:k]) in known:
+                return ".".join(parts[:k])
+        return None
 
     def _build_torch(self, calib: Any) -> Any:
         from rtseg.export import deploy_model
@@ -282,7 +372,9 @@ class Segmenter:
                 pre = path
             import onnx
 
-            keep_float = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in INT8_KEEP_FLOAT["onnx"]]
+            nodes = onnx.load(str(pre)).graph.node
+            keep_float = [n.name for n in nodes if n.op_type in INT8_KEEP_FLOAT["onnx"]]
+            keep_float += self._kept_float([n.name for n in nodes if n.op_type not in INT8_KEEP_FLOAT["onnx"]])
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=keep_float)
@@ -306,11 +398,16 @@ class Segmenter:
 
             # Activation ranges from histograms (NNCF's MSE-optimal clipping) rather than the default mean of
             # per-image min/max: essnet_dg2s_cs_camvid int8 -1.42 -> -0.39 mIoU on CamVid val (docs/deploy.md)
-            ir = nncf.quantize(ir, nncf.Dataset(calib), subset_size=len(calib),
-                               preset=nncf.QuantizationPreset.MIXED,
-                               ignored_scope=nncf.IgnoredScope(types=list(INT8_KEEP_FLOAT["openvino"]), validate=False),
-                               advanced_parameters=AdvancedQuantizationParameters(
-                                   activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM))
+            kw = {"subset_size": len(calib), "preset": nncf.QuantizationPreset.MIXED,
+                  "ignored_scope": nncf.IgnoredScope(
+                      types=list(INT8_KEEP_FLOAT["openvino"]), validate=False,
+                      names=self._kept_float([op.get_friendly_name() for op in ir.get_ordered_ops()]))}
+            adv = AdvancedQuantizationParameters(
+                activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
+            if self.int8_control is None:
+                ir = nncf.quantize(ir, nncf.Dataset(calib), advanced_parameters=adv, **kw)
+            else:
+                ir = self._quantize_with_accuracy_control(nncf, ir, calib, adv, kw)
         config = {
             # explicit: on bf16-capable CPUs the plugin's default inference precision is bf16, not f32
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
@@ -330,7 +427,51 @@ class Segmenter:
 
         return run
 
+    def _quantize_with_accuracy_control(self, nncf: Any, ir: Any, calib: list[np.ndarray], adv: Any,
+                                        kw: dict[str, Any]) -> Any:
+        """NNCF ``quantize_with_accuracy_control`` with mIoU on the labelled ``int8_control`` images as the
+        metric; the layers it returns to float are added to :attr:`int8_keep_float` (as module paths)."""
+        from rtseg.metrics import SegMetrics
+
+        items = []  # (model input, label tensor at the source resolution, source size, resized?)
+        for im, lab in _labelled_pairs(self.int8_control):
+            x = torch.from_numpy(np.require(im, requirements="W")).permute(2, 0, 1)[None].float().div_(255)
+            h, w = x.shape[-2:]
+            lab = torch.as_tensor(np.asarray(lab))
+            if tuple(lab.shape) != (h, w):
+                raise ValueError(f"int8_control: label {tuple(lab.shape)} and image {(h, w)} sizes differ")
+            xin, resized = self._prep(x, self.size or self._export_size())
+            items.append((xin.numpy(), lab, (h, w), resized))
+
+        def validate(compiled: Any, data: Any) -> float:
+            m = SegMetrics(self.num_classes)
+            for xin, lab, (h, w), resized in data:
+                out = torch.from_numpy(np.ascontiguousarray(compiled(xin)[0]))
+                out = self._post(out, h, w, resized)
+                m.update(out[0] if self.graph_argmax else out[0].argmax(0), lab)
+            return float(m.compute()["miou"])
+
+        q = nncf.quantize_with_accuracy_control(
+            ir.clone(), nncf.Dataset(calib), nncf.Dataset(items, lambda it: it[0]), validate, max_drop=self.int8_max_drop,
+            advanced_quantization_parameters=adv, **kw)
+        # layers quantized by plain NNCF with the same settings but left in float here: the reverted ones
+        quantized = _quantized_ops(nncf.quantize(ir.clone(), nncf.Dataset(calib), advanced_parameters=adv, **kw))
+        reverted = sorted(quantized - _quantized_ops(q))
+        found = sorted({m for m in (self._node_module(n) for n in reverted) if m} - set(self.int8_keep_float))
+        self.int8_keep_float += found
+        return q
+
     # ------------------------------------------------------------------------------------ inference
+    def _post(self, out: torch.Tensor, h: int, w: int, resized: bool) -> torch.Tensor:
+        """Runtime output at the model size -> the source resolution (labels or logits)."""
+        if self.graph_argmax:
+            if resized:
+                return F.interpolate(out[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0].to(torch.uint8)
+            return out[..., :h, :w]
+        if resized:
+            return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out[..., :h, :w]
+
     def _prep(self, x: torch.Tensor, size: tuple[int, int] | None) -> tuple[torch.Tensor, bool]:
         """Resize ``B x 3 x H x W`` to ``size`` (if given) or pad to the divisor with the mean; -> (x, resized)."""
         h, w = x.shape[-2:]
@@ -352,13 +493,7 @@ class Segmenter:
         h, w = x.shape[-2:]
         xin, resized = self._prep(x.float().contiguous(), self.size)
         out = torch.from_numpy(np.ascontiguousarray(self._run(xin.numpy())))
-        if self.graph_argmax:
-            if resized:
-                return F.interpolate(out[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0].to(torch.uint8)
-            return out[..., :h, :w]
-        if resized:
-            return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-        return out[..., :h, :w]
+        return self._post(out, h, w, resized)
 
     def _batches(self, images: Any) -> tuple[list[np.ndarray], bool, bool]:
         """-> (list of H x W x 3 uint8, single?, stacked array input?)."""
@@ -405,7 +540,8 @@ class Segmenter:
         """Backend, precision, size, threads and model, for logs and benchmark records."""
         return {"model": getattr(self.model, "rtseg_name", type(self.model).__name__), "backend": self.backend,
                 "precision": self.precision, "size": list(self.size) if self.size else None,
-                "threads": self.threads, "graph_argmax": self.graph_argmax, "build_s": round(self.build_seconds, 2)}
+                "threads": self.threads, "graph_argmax": self.graph_argmax, "build_s": round(self.build_seconds, 2),
+                **({"int8_keep_float": list(self.int8_keep_float)} if self.precision == "int8" else {})}
 
     def close(self) -> None:
         """Delete the exported graphs of this segmenter (also done when it is garbage-collected)."""

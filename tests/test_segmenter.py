@@ -152,3 +152,100 @@ def test_int8_keeps_transposed_convs_and_argmax_in_float(model, images):
     assert "FakeQuantize" in [t for ins in fed_by["GroupConvolution"] for t in ins]  # the rest is int8
     for kind in ("ConvolutionBackpropData", "ReduceMax", "Equal"):
         assert kind in fed_by and all("FakeQuantize" not in ins for ins in fed_by[kind]), kind
+
+
+def _quantized_under(names, prefix):
+    return sorted(n for n in names if n.lstrip("/").removeprefix("model/").startswith(prefix))
+
+
+@pytest.mark.parametrize("graph_argmax", [False, True])
+def test_int8_keep_float_modules_openvino(model, graph_argmax):
+    """Named modules get no quantizer in the OpenVINO int8 graph; everything else still does."""
+    pytest.importorskip("nncf")
+    from rtseg.segmenter import _quantized_ops
+
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 6)]
+    base = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax)
+    keep = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax,
+                     int8_keep_float=["encoder.initial_block", "decoder.layers.1.conv1L_1"])
+    q0, q1 = _quantized_ops(base.ov_model), _quantized_ops(keep.ov_model)
+    for prefix in ("encoder/initial_block/", "decoder/layers.1/conv1L_1/"):
+        assert _quantized_under(q0, prefix), prefix  # quantized by default ...
+        assert not _quantized_under(q1, prefix), prefix  # ... and not when kept in float
+    assert _quantized_under(q1, "encoder/layers.0/") == _quantized_under(q0, "encoder/layers.0/")
+    assert keep.info()["int8_keep_float"] == ["encoder.initial_block", "decoder.layers.1.conv1L_1"]
+    # exported node names map back to their modules (the argmax wrapper adds /model)
+    pre = "/model" if graph_argmax else ""
+    assert keep._node_module(f"{pre}/encoder/initial_block/conv/Conv/WithoutBiases") == "encoder.initial_block.conv"
+    assert keep._node_module(f"{pre}/decoder/layers.1/conv1L_1/Conv") == "decoder.layers.1.conv1L_1"
+
+
+def test_int8_keep_float_modules_onnxruntime(model):
+    import onnx
+
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 6)]
+    seg = Segmenter(model, "onnxruntime", "int8", size=(64, 96), calibration=calib,
+                    int8_keep_float=["encoder.initial_block"])
+    g = onnx.load(str(seg.model_path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    fed = {n.name: producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"
+           for n in convs}
+    assert not any(v for k, v in fed.items() if "/initial_block/" in k)
+    assert any(v for k, v in fed.items() if "/initial_block/" not in k)
+
+
+def test_int8_option_refusals(model):
+    calib = [bench_image((64, 96), seed=3)]
+    with pytest.raises(ValueError, match=r"encoder\.nope"):
+        Segmenter(model, "onnxruntime", "int8", size=(64, 96), calibration=calib, int8_keep_float=["encoder.nope"])
+    pairs = [(calib[0], np.zeros((64, 96), np.uint8))]
+    with pytest.raises(ValueError, match="backend='openvino'"):
+        Segmenter(model, "onnxruntime", "int8", size=(64, 96), calibration=calib, int8_control=pairs)
+    with pytest.raises(ValueError, match="int8_max_drop"):
+        Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, int8_control=pairs, int8_max_drop=1.5)
+
+
+def test_shipped_weights_use_their_recorded_int8_float_modules(tmp_path, monkeypatch):
+    """A name's index record (``int8_keep_float``, written by record_int8_keep_float) is the default."""
+    import rtseg
+    from rtseg import hub
+
+    torch.manual_seed(0)
+    ckpt = rtseg.save_model(create_model("essnet_d", num_classes=7), tmp_path / "best.pt",
+                            class_names=[f"c{i}" for i in range(7)], dataset="synthetic", epoch=1)
+    wdir = tmp_path / "weights"
+    hub.package_weights(ckpt, "tiny_syn", "rtseg train ...", None, weights_dir=wdir, length=4, size=(48, 64))
+    hub.record_int8_keep_float("tiny_syn", ["encoder.initial_block"], {"how": "test"}, weights_dir=wdir)
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", wdir)
+    calib = [bench_image((48, 64), seed=3)]
+    seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib)
+    assert seg.int8_keep_float == ["encoder.initial_block"]
+    seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib, int8_keep_float=[])
+    assert seg.int8_keep_float == []
+    with pytest.raises(KeyError, match="nope"):
+        hub.record_int8_keep_float("nope", [], {}, weights_dir=wdir)
+
+
+@pytest.mark.slow
+def test_int8_accuracy_control_openvino(model):
+    """NNCF accuracy control against labels from the fp32 graph, max drop 0: whatever it returns to float is
+    reported as module paths, and the int8 graph scores at least as well on the control set as plain int8."""
+    pytest.importorskip("nncf")
+    from rtseg.metrics import SegMetrics
+
+    imgs = [bench_image((64, 96), seed=s) for s in range(3, 7)]
+    ref = Segmenter(model, "openvino", "fp32", size=(64, 96))
+    pairs = [(im, ref.predict(im)) for im in imgs]
+
+    def miou(seg):
+        m = SegMetrics(5)
+        for im, lab in pairs:
+            m.update(torch.from_numpy(seg.predict(im)), torch.from_numpy(lab))
+        return m.compute()["miou"]
+
+    plain = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=imgs)
+    ac = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=imgs, int8_control=pairs, int8_max_drop=0.0)
+    known = {n for n, _ in ac.model.named_modules()}
+    assert ac.int8_keep_float and all(m in known or m in ac._deploy_modules() for m in ac.int8_keep_float)
+    assert miou(ac) >= miou(plain)
