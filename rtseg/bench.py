@@ -54,6 +54,7 @@ class BenchResult:
     build_s: float
     runs: int
     profile: dict[str, float] = field(default_factory=dict)
+    int8_keep_float: list[str] = field(default_factory=list)  # int8 rows: modules left in float
 
 
 def machine_info() -> dict[str, Any]:
@@ -223,6 +224,7 @@ def benchmark(
     calibration_size: int = 32,
     num_classes: int = 19,
     graph_argmax: bool = False,
+    int8_keep_float: Sequence[str] | None = None,
     log: Any = None,
 ) -> list[BenchResult]:
     """Benchmark every ``model x size x (backend, precision)``; one :class:`BenchResult` per row.
@@ -231,8 +233,11 @@ def benchmark(
     are calibrated on ``calibration`` images, or on synthetic :func:`bench_image` images when None (fine for
     speed, not for accuracy). Agreement is measured on one :func:`bench_image` against fp32 eager PyTorch.
     ``graph_argmax=True`` times the deploy graphs with the argmax inside (``uint8`` labels out, as
-    ``rtseg export --argmax`` writes them); their rows have setting ``deploy+argmax``.
+    ``rtseg export --argmax`` writes them); their rows have setting ``deploy+argmax``. ``int8_keep_float``:
+    module paths int8 leaves in float (default: for shipped weights given by name, the list recorded with
+    them -- see :class:`rtseg.Segmenter`).
     """
+    from rtseg.hub import weights_info
     from rtseg.segmenter import Segmenter
 
     threads = int(threads or os.cpu_count() or 1)
@@ -240,6 +245,10 @@ def benchmark(
     for spec in models:
         model = _load(spec, num_classes)
         name = getattr(model, "rtseg_name", type(model).__name__)
+        keep = int8_keep_float
+        if keep is None and isinstance(spec, str):
+            keep = (weights_info().get(spec) or {}).get("int8_keep_float")
+        keep = list(keep or [])
         for size in sizes:
             size = (int(size[0]), int(size[1]))
             image = bench_image(size)
@@ -266,7 +275,8 @@ def benchmark(
                     try:
                         seg = Segmenter(model, backend, precision, size=size, threads=threads,
                                         calibration=calib, calibration_size=calibration_size,
-                                        graph_argmax=graph_argmax)
+                                        graph_argmax=graph_argmax,
+                                        int8_keep_float=keep if precision == "int8" else None)
                     except (ValueError, ImportError) as e:
                         if log:
                             log(f"skip {name} {size[0]}x{size[1]} {backend}/{precision}: {e}")
@@ -302,7 +312,8 @@ def benchmark(
                                   p90_ms=round(_pct(times, 0.9), 2), fps=round(1e3 / p50, 2),
                                   throughput_fps=None if tput is None else round(tput, 2),
                                   peak_rss_mb=round(_peak_rss_mb(), 1), agreement=round(agreement, 5),
-                                  build_s=round(build, 2), runs=runs, profile=prof)
+                                  build_s=round(build, 2), runs=runs, profile=prof,
+                                  int8_keep_float=keep if precision == "int8" and setting != "baseline" else [])
                 rows.append(row)
                 if log:
                     log(format_row(row))

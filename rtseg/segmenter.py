@@ -457,8 +457,10 @@ class Segmenter:
         # layers quantized by plain NNCF with the same settings but left in float here: the reverted ones
         quantized = _quantized_ops(nncf.quantize(ir.clone(), nncf.Dataset(calib), advanced_parameters=adv, **kw))
         reverted = sorted(quantized - _quantized_ops(q))
-        found = sorted({m for m in (self._node_module(n) for n in reverted) if m} - set(self.int8_keep_float))
-        self.int8_keep_float += found
+        mods = {m for m in (self._node_module(n) for n in reverted) if m} | set(self.int8_keep_float)
+        # the outermost modules only ("encoder.layers.0" already keeps "encoder.layers.0.conv" in float)
+        outer = {m for m in mods if not any(m.startswith(o + ".") for o in mods)}
+        self.int8_keep_float += sorted(outer - set(self.int8_keep_float))
         return q
 
     # ------------------------------------------------------------------------------------ inference

@@ -61,3 +61,37 @@ def test_bench_cli_json(tmp_path, capsys):
     assert "deploy+argmax" in capsys.readouterr().out
     md = (tmp_path / "b.md").read_text().splitlines()
     assert md[0].startswith("| model |") and len(md) == 3 and "`essnet_dg2s` | 64x96 | onnxruntime/fp32" in md[2]
+
+
+def test_benchmark_int8_keep_float(model):
+    """--int8-keep-float reaches the int8 graph (ORT: no DequantizeLinear feeds the kept module's convs) and
+    the row says which modules ran in float; a module the model lacks skips the row with the reason."""
+    import onnx
+
+    import rtseg.segmenter as S
+
+    built = []
+    orig = S.Segmenter._quantize_ort
+
+    def spy(self, path, calib):
+        out = orig(self, path, calib)
+        built.append(onnx.load(str(out)).graph)
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(S.Segmenter, "_quantize_ort", spy)
+    try:
+        rows = benchmark([model], [(64, 96)], [("onnxruntime", "int8"), ("onnxruntime", "fp32")], threads=1,
+                         warmup=0, runs=2, throughput_seconds=0, baseline=False,
+                         int8_keep_float=["encoder.initial_block"])
+        logs = []
+        none = benchmark([model], [(64, 96)], [("onnxruntime", "int8")], threads=1, warmup=0, runs=2,
+                         throughput_seconds=0, baseline=False, int8_keep_float=["no.such"], log=logs.append)
+    finally:
+        mp.undo()
+    assert [r.int8_keep_float for r in rows] == [["encoder.initial_block"], []]
+    g = built[0]
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    init_convs = [n for n in g.node if n.op_type == "Conv" and "/initial_block/" in n.name]
+    assert init_convs and all(producer.get(n.input[0]) != "DequantizeLinear" for n in init_convs)
+    assert none == [] and "no.such" in logs[0]

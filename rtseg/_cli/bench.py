@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=19, help="classes for registry names (default 19)")
     p.add_argument("--no-baseline", action="store_true", help="leave out the unfused eager fp32 baseline row")
     p.add_argument("--profile", action="store_true", help="per-layer-type time breakdown for every row")
+    p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
+                   help="module path int8 leaves in float (repeatable; default: for shipped weights, the list "
+                        "recorded with them)")
     p.add_argument("--argmax", action="store_true",
                    help="time the deploy graphs with the argmax inside (uint8 labels out, as export --argmax)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE",
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     rows = benchmark(args.models, sizes, configs, threads=args.threads, warmup=args.warmup, runs=args.runs,
                      throughput_seconds=args.throughput_seconds, baseline=not args.no_baseline,
                      profile=args.profile, calibration=args.calib, calibration_size=args.calib_count,
-                     num_classes=args.num_classes, graph_argmax=args.argmax, log=log)
+                     num_classes=args.num_classes, graph_argmax=args.argmax,
+                     int8_keep_float=args.int8_keep_float, log=log)
     if args.profile:
         for r in rows:
             total = sum(r.profile.values()) or 1.0
