@@ -90,3 +90,16 @@ def test_video_with_corrupt_middle_packet(ckpt, tmp_path, capsys):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 6  # 7 frames, the corrupt one skipped, the rest written
     assert frames[0].shape == (40, 56 * 2 + 4, 3)
+
+
+def test_cli_int8_keep_float(ckpt, photos, tmp_path, capsys):
+    """--int8-keep-float reaches the Segmenter: a module the model lacks is a one-line error naming it."""
+    pytest.importorskip("onnxruntime")
+    rc = main(["predict", str(photos), "--weights", str(ckpt), "--out", str(tmp_path / "o"), "--quiet",
+               "--backend", "onnxruntime", "--precision", "int8", "--calib", str(photos),
+               "--int8-keep-float", "encoder.no_such_block"])
+    assert rc != 0 and "encoder.no_such_block" in capsys.readouterr().err
+    rc = main(["predict", str(photos), "--weights", str(ckpt), "--out", str(tmp_path / "o2"), "--quiet",
+               "--backend", "onnxruntime", "--precision", "int8", "--calib", str(photos), "--size", "48x64",
+               "--int8-keep-float", "encoder.initial_block"])
+    assert rc == 0 and any((tmp_path / "o2").iterdir())
