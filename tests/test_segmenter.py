@@ -204,6 +204,10 @@ def test_int8_option_refusals(model):
         Segmenter(model, "onnxruntime", "int8", size=(64, 96), calibration=calib, int8_control=pairs)
     with pytest.raises(ValueError, match="int8_max_drop"):
         Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, int8_control=pairs, int8_max_drop=1.5)
+    pytest.importorskip("nncf")
+    with pytest.raises(ValueError, match=r"label \(10, 10\) and image \(64, 96\)"):
+        Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib,
+                  int8_control=[(calib[0], np.zeros((10, 10), np.uint8))])
 
 
 def test_shipped_weights_use_their_recorded_int8_float_modules(tmp_path, monkeypatch):
