@@ -231,5 +231,8 @@ def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_
         "machine": {k: machine.get(k) for k in ("cpu", "cores", "load_avg", "torch", "onnxruntime", "openvino")},
         "date": time.strftime("%Y-%m-%d"),
     }
+    kept = sorted({m for r in deploy for m in getattr(r, "int8_keep_float", [])})
+    if kept:  # the int8 row ran with these modules in float
+        rec["latency"]["int8_keep_float"] = kept
     _write_index(d, index)
     return rec
