@@ -237,7 +237,6 @@ def benchmark(
     module paths int8 leaves in float (default: for shipped weights given by name, the list recorded with
     them -- see :class:`rtseg.Segmenter`).
     """
-    from rtseg.hub import weights_info
     from rtseg.segmenter import Segmenter
 
     threads = int(threads or os.cpu_count() or 1)
@@ -245,10 +244,6 @@ def benchmark(
     for spec in models:
         model = _load(spec, num_classes)
         name = getattr(model, "rtseg_name", type(model).__name__)
-        keep = int8_keep_float
-        if keep is None and isinstance(spec, str):
-            keep = (weights_info().get(spec) or {}).get("int8_keep_float")
-        keep = list(keep or [])
         for size in sizes:
             size = (int(size[0]), int(size[1]))
             image = bench_image(size)
@@ -276,7 +271,7 @@ def benchmark(
                         seg = Segmenter(model, backend, precision, size=size, threads=threads,
                                         calibration=calib, calibration_size=calibration_size,
                                         graph_argmax=graph_argmax,
-                                        int8_keep_float=keep if precision == "int8" else None)
+                                        int8_keep_float=int8_keep_float if precision == "int8" else None)
                     except (ValueError, ImportError) as e:
                         if log:
                             log(f"skip {name} {size[0]}x{size[1]} {backend}/{precision}: {e}")
@@ -313,7 +308,7 @@ def benchmark(
                                   throughput_fps=None if tput is None else round(tput, 2),
                                   peak_rss_mb=round(_peak_rss_mb(), 1), agreement=round(agreement, 5),
                                   build_s=round(build, 2), runs=runs, profile=prof,
-                                  int8_keep_float=keep if precision == "int8" and setting != "baseline" else [])
+                                  int8_keep_float=list(seg.int8_keep_float) if seg and precision == "int8" else [])
                 rows.append(row)
                 if log:
                     log(format_row(row))

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from rtseg._io import atomic_torch_save
 from rtseg.errors import CheckpointError
 
-__all__ = ["save_model", "load_model", "load_checkpoint", "CheckpointError", "FORMAT"]
+__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model", "save_model"]
 
 FORMAT = "rtseg-checkpoint"
 VERSION = 1
@@ -99,10 +99,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in an rtseg checkpoint, in eval mode, with ``model.rtseg_meta`` set."""
     path = Path(path_or_name)
+    shipped = None
     if not path.exists():
         from rtseg.hub import resolve_weights  # shipped weights by name, e.g. "enet_camvid"
 
         path = resolve_weights(str(path_or_name))
+        shipped = str(path_or_name)
     ckpt = load_checkpoint(path)
     # imported here: rtseg.models imports the families, whose converters import this module
     from rtseg.models._registry import create_model, model_info
@@ -133,5 +135,7 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
         raise CheckpointError(f"{path}: weights do not fit model {ckpt['model']!r} (missing {few(missing)}, "
                               f"unexpected {few(unexpected)}, shape mismatch {few(shape)})")
     model.load_state_dict(sd, strict=True)
-    model.rtseg_meta = ckpt.get("meta", {})
+    model.rtseg_meta = dict(ckpt.get("meta", {}))
+    if shipped is not None:  # its index record (e.g. the int8 float modules) goes with the model
+        model.rtseg_meta["shipped_as"] = shipped
     return model.to(map_location).eval()

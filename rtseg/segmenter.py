@@ -172,7 +172,8 @@ class Segmenter:
             logits; :meth:`logits` is then unavailable.
         int8_keep_float: module paths (``"encoder.initial_block"``, ``"decoder.layers.1.conv1L_1"``) whose
             layers stay in float in the int8 graph, on both int8 backends. ``None``: the list recorded for
-            shipped weights given by name (found by ``int8_control`` when they were shipped), else none.
+            shipped weights loaded by name (``rtseg.load_model("essnet_dg2s_cs_camvid")`` or the name itself;
+            found by ``int8_control`` when they were shipped), else none.
         int8_control: labelled images (a ``SegDataset`` or ``(image, label)`` pairs; not the images you
             report accuracy on) for OpenVINO's accuracy-controlled quantization: NNCF returns the layers
             whose quantization costs most mIoU on them to float until the drop is at most
@@ -221,10 +222,11 @@ class Segmenter:
             from rtseg.checkpoint import load_model
 
             model = load_model(weights)
-            if int8_keep_float is None:  # shipped weights: the layers their accuracy-controlled int8 kept in float
-                from rtseg.hub import weights_info
+        shipped = (getattr(model, "rtseg_meta", None) or {}).get("shipped_as")
+        if int8_keep_float is None and shipped:  # the layers the weights' accuracy-controlled int8 kept in float
+            from rtseg.hub import weights_info
 
-                int8_keep_float = (weights_info().get(str(weights)) or {}).get("int8_keep_float")
+            int8_keep_float = (weights_info().get(shipped) or {}).get("int8_keep_float")
         self.model = model.eval()
         self.backend, self.precision = backend, precision
         self.size = None if size is None else (int(size[0]), int(size[1]))

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from rtseg._io import atomic_write_text
     from rtseg.data import build_dataset
     from rtseg.evaluate import evaluate
-    from rtseg.hub import record_int8_keep_float, weights_info
+    from rtseg.hub import record_int8_keep_float
     from rtseg.segmenter import Segmenter
 
     configs = [tuple(c.split("/")) for c in (a.config or ["openvino/int8", "onnxruntime/int8"])]
@@ -70,11 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = evaluate(model, ds, progress=False)["miou"]
         print(f"{spec}: fp32 torch mIoU {ref * 100:.2f}", flush=True)
         rows.append({"model": spec, "backend": "torch", "precision": "fp32", "miou": ref, "delta": 0.0})
-        keep = a.keep_float
-        if keep is None:
-            keep = (weights_info().get(spec) or {}).get("int8_keep_float") or []
         for backend, precision in configs:
-            control = None
+            control, keep = None, a.keep_float  # None: the shipped weights' recorded list, if any
             if a.control_count and backend == "openvino" and precision == "int8":
                 control = _control_pairs(calib, a.calib_count, a.control_count)
                 keep = a.keep_float or []  # the search starts from the type rules only

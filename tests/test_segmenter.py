@@ -225,6 +225,11 @@ def test_shipped_weights_use_their_recorded_int8_float_modules(tmp_path, monkeyp
     calib = [bench_image((48, 64), seed=3)]
     seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib)
     assert seg.int8_keep_float == ["encoder.initial_block"]
+    # also when the model was loaded by name first (rtseg bench and scripts pass loaded models)
+    seg = Segmenter(rtseg.load_model("tiny_syn"), "onnxruntime", "int8", size=(48, 64), calibration=calib)
+    assert seg.int8_keep_float == ["encoder.initial_block"]
+    assert Segmenter(rtseg.load_model(wdir / "tiny_syn.pt"), "onnxruntime", "int8", size=(48, 64),
+                     calibration=calib).int8_keep_float == []  # a file path is not a shipped name
     seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib, int8_keep_float=[])
     assert seg.int8_keep_float == []
     with pytest.raises(KeyError, match="nope"):

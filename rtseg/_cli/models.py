@@ -167,7 +167,7 @@ def _convert_to_grouped(args: argparse.Namespace) -> int:
         out = convert_to_deploy(model, fold_bn=not args.keep_bn)
     except ValueError as e:
         raise UsageError(f"{args.src}: {e}") from None
-    meta = {k: v for k, v in model.rtseg_meta.items() if k != "input"}
+    meta = {k: v for k, v in model.rtseg_meta.items() if k not in ("input", "shipped_as")}
     meta["converted_from"] = {"file": args.src.name, "model": model.rtseg_name, "to": "grouped",
                               "bn_folded": not args.keep_bn}
     save_model(out, args.dst, **meta)
