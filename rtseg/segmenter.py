@@ -223,7 +223,7 @@ class Segmenter:
 
             model = load_model(weights)
         shipped = (getattr(model, "rtseg_meta", None) or {}).get("shipped_as")
-        if int8_keep_float is None and shipped:  # the layers the weights' accuracy-controlled int8 kept in float
+        if int8_keep_float is None and shipped and precision == "int8":  # the layers its accuracy-controlled int8 kept in float
             from rtseg.hub import weights_info
 
             int8_keep_float = (weights_info().get(shipped) or {}).get("int8_keep_float")
