@@ -254,6 +254,7 @@ class Segmenter:
                                 self.size or self._export_size())[0].numpy()
                      for im in load_images(calibration, calibration_size)]
         self._run = getattr(self, f"_build_{backend}")(calib)
+        self.int8_control = None  # used up by the build; do not keep the labelled images alive
         self.build_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------ backends
@@ -280,30 +281,24 @@ class Segmenter:
             raise ValueError(f"int8_keep_float: {bad} are not modules of this model's deploy form "
                              f"(module paths like 'encoder.initial_block')")
 
-    def _kept_float(self, names: Sequence[str]) -> list[str]:
-        """The exported node names (``/model/encoder/initial_block/conv/Conv``; ``/model`` is the in-graph
-        argmax wrapper) that belong to an :attr:`int8_keep_float` module or one inside it."""
-        keep = set(self.int8_keep_float)
-        out = []
-        for n in names:
-            parts = n.strip("/").split("/")
-            if self.graph_argmax and parts and parts[0] == "model":
-                parts = parts[1:]
-            # "layers.1" is one name component but two module-path components: compare joined prefixes
-            if any(".".join(parts[:k]) in keep for k in range(1, len(parts) + 1)):
-                out.append(n)
-        return out
-
-    def _node_module(self, node: str) -> str | None:
-        """Exported node name -> the deepest module path it belongs to (None if outside any)."""
+    def _module_prefixes(self, node: str) -> list[str]:
+        """Exported node name (``/model/encoder/layers.1/conv/Conv``; ``/model`` is the in-graph argmax
+        wrapper) -> the module paths it may sit in, outermost first (``encoder``, ``encoder.layers.1``, ...).
+        "layers.1" is one name component but two module-path components, hence joined prefixes."""
         parts = node.strip("/").split("/")
         if self.graph_argmax and parts and parts[0] == "model":
             parts = parts[1:]
+        return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+
+    def _kept_float(self, names: Sequence[str]) -> list[str]:
+        """The exported node names that belong to an :attr:`int8_keep_float` module or one inside it."""
+        keep = set(self.int8_keep_float)
+        return [n for n in names if any(m in keep for m in self._module_prefixes(n))]
+
+    def _node_module(self, node: str) -> str | None:
+        """Exported node name -> the deepest module path it belongs to (None if outside any)."""
         known = self._deploy_modules()
-        for k in range(len(parts), 0, -1):
-            if ".".join(parts[:k]) in known:
-                return ".".join(parts[:k])
-        return None
+        return next((m for m in reversed(self._module_prefixes(node)) if m in known), None)
 
     def _build_torch(self, calib: Any) -> Any:
         from rtseg.export import deploy_model
