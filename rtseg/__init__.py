@@ -1,14 +1,17 @@
-"""rtseg: real-time semantic segmentation (ENet, ERFNet, ESSNet, WSPD-Net) — train, measure, deploy."""
+"""rtseg: real-time semantic segmentation (ENet, ERFNet, ESSNet, WSPD-Net) — train, measure, deploy.
 
+The public API. Each name lives in the layer that owns it (docs/architecture.md); modules are never
+shadowed: ``rtseg.train`` is the function, its module is :mod:`rtseg.engine.trainer`.
+"""
+
+from rtseg._version import __version__
 from rtseg.checkpoint import load_model, save_model
-from rtseg.evaluate import evaluate  # shadows the module name; `from rtseg.evaluate import ...` works
-from rtseg.grouping import convert_to_deploy, make_gradual
+from rtseg.engine.trainer import train
+from rtseg.eval.loop import evaluate
 from rtseg.models import SegmentationModel, create_model, list_models, model_info, register_model
+from rtseg.nn.grouping import convert_to_deploy, make_gradual
+from rtseg.reporting import report
 from rtseg.segmenter import Segmenter
-from rtseg.report import report  # shadows the module name, like evaluate/train
-from rtseg.train import train  # the function shadows the module name; `from rtseg.train import ...` still works
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SegmentationModel",

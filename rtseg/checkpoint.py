@@ -18,10 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rtseg._io import atomic_torch_save
 from rtseg.errors import CheckpointError
+from rtseg.hub import resolve_weights
+from rtseg.models import create_model, model_info
+from rtseg.models.convert import convert_to_model
+from rtseg.nn.grouping import apply_grouping_meta, grouping_meta
+from rtseg.utils.io import atomic_torch_save
 
-__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model", "save_model"]
+__all__ = ["FORMAT", "CheckpointError", "convert_file", "load_checkpoint", "load_model", "save_model"]
 
 FORMAT = "rtseg-checkpoint"
 VERSION = 1
@@ -57,8 +61,6 @@ def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
     if class_names is not None and len(class_names) != kwargs.get("num_classes", len(class_names)):
         raise ValueError(f"{len(class_names)} class names given for a model with {kwargs['num_classes']} classes")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    from rtseg.grouping import grouping_meta  # late import, like the models below
-
     meta.pop("grouping", None)  # the model's own record is the truth (a converted model drops it)
     grouping = grouping_meta(model)  # gradual-grouping / deploy form: rebuilt by load_model
     if grouping is not None:
@@ -101,14 +103,9 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
     path = Path(path_or_name)
     shipped = None
     if not path.exists():
-        from rtseg.hub import resolve_weights  # shipped weights by name, e.g. "enet_camvid"
-
         path = resolve_weights(str(path_or_name))
         shipped = str(path_or_name)
     ckpt = load_checkpoint(path)
-    # imported here: rtseg.models imports the families, whose converters import this module
-    from rtseg.models._registry import create_model, model_info
-
     try:
         model_info(ckpt["model"])
     except KeyError as e:
@@ -116,8 +113,6 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
     model = create_model(ckpt["model"], **ckpt["model_kwargs"])
     grouping = (ckpt.get("meta") or {}).get("grouping")
     if grouping:  # masked (gradual-grouping) or converted structure: rebuild it before loading weights
-        from rtseg.grouping import apply_grouping_meta
-
         try:
             model = apply_grouping_meta(model, grouping)
         except (ValueError, KeyError, TypeError) as e:
@@ -139,3 +134,9 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
     if shipped is not None:  # its index record (e.g. the int8 float modules) goes with the model
         model.rtseg_meta["shipped_as"] = shipped
     return model.to(map_location).eval()
+
+
+def convert_file(source: str, src: str | os.PathLike, dst: str | os.PathLike, **kwargs: Any) -> Path:
+    """Convert the foreign state dict at ``src`` (``--source`` converter) into an rtseg checkpoint at ``dst``."""
+    model, meta = convert_to_model(source, src, **kwargs)
+    return save_model(model, dst, **meta)

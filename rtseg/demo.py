@@ -2,7 +2,7 @@
 
 train (two-stage, the papers' recipe) -> evaluate on the held-out split -> profile the zoo on this
 machine -> overlays of predictions -> an HTML report of the trained run (``report/index.html``, see
-:mod:`rtseg.report`). Everything lands in one run folder with a ``summary.json``.
+:func:`rtseg.report`). Everything lands in one run folder with a ``summary.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rtseg.checkpoint import load_model
+from rtseg.data import build_dataset
+from rtseg.engine.trainer import train
+from rtseg.eval.loop import evaluate
+from rtseg.eval.metrics import format_table, to_jsonable
+from rtseg.eval.profiler import profile_model
+from rtseg.eval.visualize import colorize, grid, overlay, save_png
+from rtseg.reporting import report
+from rtseg.utils.io import atomic_write_text
 
 __all__ = ["DEMO_RECIPE", "run_demo"]
 
@@ -44,14 +54,6 @@ PROFILE_MODELS = ("enet", "erfnet", "essnet_dg2s", "essnet_dg4s")
 def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays: int = 4,
              **overrides: Any) -> dict[str, Any]:
     """Run the demo pipeline into ``out``; ``quick=True`` shrinks it to seconds (used by the tests)."""
-    from rtseg.checkpoint import load_model
-    from rtseg.data import build_dataset
-    from rtseg.evaluate import evaluate
-    from rtseg.metrics import format_table
-    from rtseg.profiler import profile_model
-    from rtseg.train import train
-    from rtseg.visualize import colorize, grid, overlay, save_png
-
     out = Path(out)
     recipe = dict(DEMO_RECIPE, out=str(out / "train"))
     if quick:
@@ -93,7 +95,6 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays
     fig = save_png(grid(rows, titles=["image", "ground truth", "prediction", "overlay"]), out / "overlays.png")
 
     print("[5/5] writing the HTML report of the run")
-    from rtseg.report import report
 
     # quick: a smoke run -- one thread and no ONNX export keep it seconds-long on a shared machine
     rep = report([out / "train"], out / "report", latency_runs=2 if quick else 10, warmup=1 if quick else 3,
@@ -107,9 +108,6 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, overlays
         "report": rep["index"],
         "wall_time_s": time.perf_counter() - t0, "torch": torch.__version__,
     }
-    from rtseg._io import atomic_write_text
-    from rtseg.metrics import to_jsonable
-
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=1))
     print(f"done in {summary['wall_time_s']:.0f} s: val mIoU {metrics['miou'] * 100:.1f}; see {out}/")
     print(f"report: {rep['index']}")

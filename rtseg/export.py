@@ -1,8 +1,8 @@
 """Export rtseg models to ONNX, OpenVINO IR and TorchScript, and verify every export against PyTorch.
 
 Every exported graph is the *deploy form* of the model (:func:`deploy_model`: masked gradual-grouping
-convs turned into grouped convs by ``rtseg.grouping.convert_to_deploy``, BatchNorm folded
-by :func:`rtseg.fuse.fold_batchnorm`), with the input normalisation inside the graph:
+convs turned into grouped convs by ``rtseg.nn.grouping.convert_to_deploy``, BatchNorm folded
+by :func:`rtseg.nn.fuse.fold_batchnorm`), with the input normalisation inside the graph:
 
 - input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1];
 - output ``logits`` (``B x C x H x W`` float32) or, with ``argmax=True``, ``labels`` (``B x H x W`` uint8).
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtseg._io import atomic_open
+from rtseg.utils.io import atomic_open
 
 __all__ = [
     "FORMATS",
@@ -95,10 +95,10 @@ def deploy_model(model: nn.Module) -> nn.Module:
     """Eval-mode inference form of ``model`` (a copy): grouped convs, folded BatchNorm and the model's
     :meth:`~rtseg.models.SegmentationModel.export_form` operators; same outputs up to float rounding.
 
-    :func:`rtseg.grouping.convert_to_deploy` turns masked (gradual-grouping) convs into grouped ones and
+    :func:`rtseg.nn.grouping.convert_to_deploy` turns masked (gradual-grouping) convs into grouped ones and
     folds BatchNorm. Registry attributes (``rtseg_name``...) are kept.
     """
-    from rtseg.grouping import convert_to_deploy
+    from rtseg.nn.grouping import convert_to_deploy
 
     out = convert_to_deploy(model).eval()  # works on a copy
     if callable(getattr(out, "export_form", None)):

@@ -244,8 +244,8 @@ def predict(
     ``backend``/``precision``/``size`` are ignored). Images are ``H x W x 3`` RGB at any resolution; outputs
     are at the source resolution. Returns a :class:`PredictSummary`.
     """
-    from rtseg.visualize import overlay as blend
-    from rtseg.visualize import save_label_png, save_png
+    from rtseg.eval.visualize import overlay as blend
+    from rtseg.eval.visualize import save_label_png, save_png
 
     items = resolve_sources(sources)  # bad arguments fail here, before a model is built
     seg = weights if isinstance(weights, Segmenter) else Segmenter(
@@ -256,7 +256,7 @@ def predict(
     summary = PredictSummary()
     bar = None
     if progress:
-        from rtseg._progress import tqdm
+        from rtseg.utils.progress import tqdm
 
         n_img = sum(s.kind == "image" for s in items)
         bar = tqdm(total=n_img or None, unit="img", desc="predict", dynamic_ncols=True)
@@ -316,7 +316,7 @@ def predict(
                         elif k == "side":
                             writers[k].write(_side_by_side(image, ov))
                         else:
-                            from rtseg.visualize import colorize
+                            from rtseg.eval.visualize import colorize
 
                             writers[k].write(colorize(labels, palette))
                     if save_frames:

@@ -428,7 +428,7 @@ class Segmenter:
                                         kw: dict[str, Any]) -> Any:
         """NNCF ``quantize_with_accuracy_control`` with mIoU on the labelled ``int8_control`` images as the
         metric; the layers it returns to float are added to :attr:`int8_keep_float` (as module paths)."""
-        from rtseg.metrics import SegMetrics
+        from rtseg.eval.metrics import SegMetrics
 
         items = []  # (model input, label tensor at the source resolution, source size, resized?)
         for im, lab in _labelled_pairs(self.int8_control):

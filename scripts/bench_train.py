@@ -2,7 +2,7 @@
 
     python scripts/bench_train.py --models enet erfnet essnet_dg2s --size 360x480 --batch 4 --json out.json
 
-One "step" is what rtseg.train does per batch: forward, class-weighted cross-entropy, backward, Adam
+One "step" is what rtseg.engine.trainer does per batch: forward, class-weighted cross-entropy, backward, Adam
 step. Reports the median of ``--steps`` timed steps after ``--warmup`` steps, with the spread.
 """
 

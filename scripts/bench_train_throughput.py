@@ -1,6 +1,6 @@
 """Does the input pipeline keep up with the model? Loader-alone vs train-step throughput.
 
-Measures, with the training engine's own code paths (rtseg.train's loader and step):
+Measures, with the training engine's own code paths (rtseg.engine.trainer's loader and step):
   * the DataLoader alone (decode + augment + collate), img/s, for several worker counts, with and
     without the decoded-frame cache;
   * one ENet training step (forward, weighted CE, backward, Adam) on fixed tensors, img/s, with and
@@ -27,13 +27,13 @@ def _loader_rate(cfg, ds, batches: int, repeats: int) -> list[float]:
     """Sustained img/s over ``batches`` batches (timed from the first batch's arrival), per epoch."""
     from torch.utils.data import DistributedSampler
 
-    engine = sys.modules["rtseg.train"]
-    from rtseg.transforms import TrainTransform
+    from rtseg.data.transforms import TrainTransform
+    from rtseg.engine.data import Augmented, EpochSampler, make_loader
 
-    sampler = engine._EpochSampler(DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0))
+    sampler = EpochSampler(DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0))
     aug = TrainTransform(cfg.crop, cfg.scale, cfg.hflip, cfg.translate, cfg.ignore_index)
-    loader = engine._loader(
-        engine._Augmented(ds, aug, 0), sampler, cfg.batch_size, cfg, torch.device("cpu"), True, 0
+    loader = make_loader(
+        Augmented(ds, aug, 0), sampler, cfg.batch_size, cfg, torch.device("cpu"), True, 0
     )
     rates = []
     for epoch in range(repeats):
@@ -52,7 +52,7 @@ def _loader_rate(cfg, ds, batches: int, repeats: int) -> list[float]:
 
 def _step_rate(model_name: str, num_classes: int, crop, batch: int, amp: bool, steps: int, warmup: int):
     import rtseg
-    from rtseg.losses import WeightedCrossEntropy
+    from rtseg.engine.losses import WeightedCrossEntropy
 
     torch.manual_seed(0)
     model = rtseg.create_model(model_name, num_classes=num_classes).train()
@@ -92,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from rtseg.config import load_config
+    from rtseg.engine.config import load_config
     from rtseg.data import build_dataset
 
     out = {

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rtseg.bench import benchmark, format_row, machine_info
     from rtseg.cli import parse_size
-    from rtseg.hub import available_weights, record_latency, weights_info
+    from rtseg.hub import available_weights, weights_info
+    from rtseg.packaging import record_latency
 
     names = a.names or available_weights()
     configs = [tuple(b.split("/")) for b in (a.backend or DEFAULT)]

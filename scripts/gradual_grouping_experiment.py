@@ -144,8 +144,8 @@ def run_arm(config: Path, overrides: dict[str, Any]) -> dict[str, Any]:
 def convert_check(run_dir: Path, native: str) -> dict[str, Any]:
     """Convert a gradual arm's best.pt to the grouped form; compare params/outputs with the native model."""
     from rtseg import create_model, load_model
-    from rtseg.grouping import convert_to_deploy
-    from rtseg.profiler import count_params
+    from rtseg.nn.grouping import convert_to_deploy
+    from rtseg.eval.profiler import count_params
 
     masked = load_model(run_dir / "best.pt")
     grouped = convert_to_deploy(masked, fold_bn=False)
@@ -168,7 +168,7 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
 
 def summarise(arms: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from rtseg import create_model
-    from rtseg.profiler import count_params
+    from rtseg.eval.profiler import count_params
 
     rows = []
     for name, ov in arms.items():
@@ -274,7 +274,7 @@ def write_section(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
-    from rtseg.config import config_to_dict, load_config
+    from rtseg.engine.config import config_to_dict, load_config
 
     arms = arm_configs(a)
     check_same_budget({n: config_to_dict(load_config(a.config, ov)) for n, ov in arms.items()})

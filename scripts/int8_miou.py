@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--record needs --control-count")
 
     import rtseg
-    from rtseg._io import atomic_write_text
+    from rtseg.utils.io import atomic_write_text
     from rtseg.data import build_dataset
-    from rtseg.evaluate import evaluate
-    from rtseg.hub import record_int8_keep_float
+    from rtseg.eval.loop import evaluate
+    from rtseg.packaging import record_int8_keep_float
     from rtseg.segmenter import Segmenter
 
     configs = [tuple(c.split("/")) for c in (a.config or ["openvino/int8", "onnxruntime/int8"])]

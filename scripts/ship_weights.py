@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                         "metrics.jsonl into; recorded so `rtseg report NAME` finds the curves on a fresh clone")
     a = p.parse_args(argv)
 
-    from rtseg.hub import package_weights
+    from rtseg.packaging import package_weights
 
     ckpt = a.run / "best.pt" if a.run.is_dir() else a.run
     if not ckpt.is_file():

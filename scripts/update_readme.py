@@ -22,7 +22,7 @@ SIZE = (512, 1024)
 
 
 def model_table() -> str:
-    from rtseg._cli.models import model_rows
+    from rtseg.cli.models import model_rows
     from rtseg.models import model_info
 
     # the package's own models only: tests and users may register more in their process

@@ -213,14 +213,14 @@ def test_int8_option_refusals(model):
 def test_shipped_weights_use_their_recorded_int8_float_modules(tmp_path, monkeypatch):
     """A name's index record (``int8_keep_float``, written by record_int8_keep_float) is the default."""
     import rtseg
-    from rtseg import hub
+    from rtseg import hub, packaging
 
     torch.manual_seed(0)
     ckpt = rtseg.save_model(create_model("essnet_d", num_classes=7), tmp_path / "best.pt",
                             class_names=[f"c{i}" for i in range(7)], dataset="synthetic", epoch=1)
     wdir = tmp_path / "weights"
-    hub.package_weights(ckpt, "tiny_syn", "rtseg train ...", None, weights_dir=wdir, length=4, size=(48, 64))
-    hub.record_int8_keep_float("tiny_syn", ["encoder.initial_block"], {"how": "test"}, weights_dir=wdir)
+    packaging.package_weights(ckpt, "tiny_syn", "rtseg train ...", None, weights_dir=wdir, length=4, size=(48, 64))
+    packaging.record_int8_keep_float("tiny_syn", ["encoder.initial_block"], {"how": "test"}, weights_dir=wdir)
     monkeypatch.setattr(hub, "WEIGHTS_DIR", wdir)
     calib = [bench_image((48, 64), seed=3)]
     seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib)
@@ -233,7 +233,7 @@ def test_shipped_weights_use_their_recorded_int8_float_modules(tmp_path, monkeyp
     seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib, int8_keep_float=[])
     assert seg.int8_keep_float == []
     with pytest.raises(KeyError, match="nope"):
-        hub.record_int8_keep_float("nope", [], {}, weights_dir=wdir)
+        packaging.record_int8_keep_float("nope", [], {}, weights_dir=wdir)
 
 
 @pytest.mark.slow
@@ -241,7 +241,7 @@ def test_int8_accuracy_control_openvino(model):
     """NNCF accuracy control against labels from the fp32 graph, max drop 0: whatever it returns to float is
     reported as module paths, and the int8 graph scores at least as well on the control set as plain int8."""
     pytest.importorskip("nncf")
-    from rtseg.metrics import SegMetrics
+    from rtseg.eval.metrics import SegMetrics
 
     imgs = [bench_image((64, 96), seed=s) for s in range(3, 7)]
     ref = Segmenter(model, "openvino", "fp32", size=(64, 96))

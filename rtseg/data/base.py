@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rtseg.utils.io import atomic_open
+from rtseg.utils.progress import tqdm
+
 __all__ = [
     "IGNORE_INDEX",
     "FileSegDataset",
@@ -229,7 +232,6 @@ class FileSegDataset(SegDataset):
             except (ValueError, OSError):
                 pass  # a damaged cache entry is rebuilt below, never trusted
         image, label = self.decode(index)
-        from rtseg._io import atomic_open
 
         for path, arr in ((pi, image), (pl, label)):
             with atomic_open(path, "wb") as f:
@@ -242,8 +244,6 @@ class FileSegDataset(SegDataset):
             self.cache = "memory"
         it = range(len(self))
         if progress:
-            from rtseg._progress import tqdm
-
             it = tqdm(it, desc=f"decoding {self.name}/{self.split}")
         for i in it:
             self._cached(i)

@@ -12,37 +12,34 @@ from typing import Any
 import numpy as np
 
 from rtseg.data.base import SegDataset, cache_dir
+from rtseg.data.camvid import CamVid
+from rtseg.data.cityscapes import Cityscapes
+from rtseg.data.folder import FolderDataset
+from rtseg.data.sunrgbd import SUNRGBD
+from rtseg.data.synthetic import SyntheticStreet
+from rtseg.utils.io import atomic_write_text
+from rtseg.utils.progress import tqdm
 
 __all__ = ["DATASETS", "build_dataset", "class_frequencies", "list_datasets"]
 
 
 def _camvid(**kw: Any) -> SegDataset:
-    from rtseg.data.camvid import CamVid
-
     return CamVid(**kw)
 
 
 def _cityscapes(**kw: Any) -> SegDataset:
-    from rtseg.data.cityscapes import Cityscapes
-
     return Cityscapes(**kw)
 
 
 def _sunrgbd(**kw: Any) -> SegDataset:
-    from rtseg.data.sunrgbd import SUNRGBD
-
     return SUNRGBD(**kw)
 
 
 def _folder(**kw: Any) -> SegDataset:
-    from rtseg.data.folder import FolderDataset
-
     return FolderDataset(**kw)
 
 
 def _synthetic(**kw: Any) -> SegDataset:
-    from rtseg.data.synthetic import SyntheticStreet
-
     return SyntheticStreet(**kw)
 
 
@@ -108,15 +105,11 @@ def class_frequencies(ds: SegDataset, progress: bool = False) -> np.ndarray:
     counts = np.zeros(c, np.int64)
     it: Any = range(len(ds))
     if progress:
-        from rtseg._progress import tqdm
-
         it = tqdm(it, desc=f"counting {ds.name}/{ds.split} classes")
     for i in it:
         label = ds[i][1]
         counts += np.bincount(label[label < c].ravel(), minlength=c)[:c]
     if path is not None:
-        from rtseg._io import atomic_write_text
-
         record = {"dataset": ds.name, "split": ds.split, "key": key, "samples": len(ds),
                   "class_names": list(ds.class_names), "counts": counts.tolist()}  # fmt: skip
         atomic_write_text(path, json.dumps(record, indent=1))

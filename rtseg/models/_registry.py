@@ -73,14 +73,8 @@ def register_model(
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every family; done lazily to avoid import cycles.
-    import rtseg.models  # noqa: F401
-
-
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted registered model names matching a shell-style ``pattern`` (``"essnet*"``)."""
-    _ensure_loaded()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -93,7 +87,6 @@ def suggest(name: str, choices: list[str] | None = None) -> str:
 
 def model_info(name: str) -> ModelInfo:
     """Registry metadata of ``name``; ``KeyError`` with a close-match suggestion if unknown."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:

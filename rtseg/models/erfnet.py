@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtseg.checkpoint import CheckpointError
-from rtseg.convert import Converted, register_converter, remap, strip_prefix
+from rtseg.errors import CheckpointError
 from rtseg.models._base import SegmentationModel
 from rtseg.models._registry import create_model, register_model
+from rtseg.models.convert import Converted, register_converter, remap, strip_prefix
 
 __all__ = ["ERFNet", "convert_erfnet_eromera"]
 

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtseg.checkpoint import CheckpointError
-from rtseg.convert import Converted, register_converter, remap, strip_prefix
+from rtseg.errors import CheckpointError
 from rtseg.models._base import SegmentationModel
 from rtseg.models._essnet_blocks import BN_EPS, ConvModule, DownsamplerBlock, NonBottleneck1D, UpsamplerBlock
 from rtseg.models._registry import register_model
+from rtseg.models.convert import Converted, register_converter, remap, strip_prefix
 
 __all__ = ["CITYSCAPES_CLASSES", "DECODERS", "ENCODERS", "MODULES", "ESSNet", "PyramidPooling"]
 

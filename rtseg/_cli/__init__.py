@@ -1,1 +1,0 @@
-"""Subcommand modules of the ``rtseg`` CLI (see rtseg.cli)."""

@@ -1,0 +1,61 @@
+"""``rtseg predict``: the command-line face of :func:`rtseg.predict.predict`."""
+
+from __future__ import annotations
+
+import argparse
+
+from rtseg.cli._common import UsageError, parse_size
+from rtseg.predict import predict
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images, folders, globs, videos or a camera into label PNGs / overlays / videos",
+        description="Segment SOURCEs (image files, folders, glob patterns, mp4/avi/... videos, camera index) and "
+        "write palette label PNGs, colour overlays and side-by-side videos into --out.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob pattern, video, or camera index")
+    p.add_argument("--weights", required=True, help="rtseg checkpoint file or shipped weights name")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--size", type=parse_size, default=None,
+                   help="fixed model input HxW (images are resized to it and back); default: native resolution")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--calib", default=None, help="int8: calibration images (folder or glob)")
+    p.add_argument("--calib-count", type=int, default=32, help="int8: number of calibration images (default 32)")
+    p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
+                   help="int8: module path left in float (repeatable; default: for shipped weights, the list "
+                        "recorded with them)")
+    p.add_argument("--graph-argmax", action="store_true",
+                   help="argmax inside the runtime graph (uint8 labels out: less memory traffic; labels of "
+                        "resized frames are resized back nearest-neighbour)")
+    p.add_argument("--overlay", action="store_true", help="also write colour overlays")
+    p.add_argument("--side-by-side", action="store_true", help="also write image | overlay (PNG, or mp4 for video)")
+    p.add_argument("--save-frames", action="store_true", help="videos: also write every frame's label PNG")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.precision == "int8" and args.calib is None:
+        raise UsageError("--precision int8 needs --calib (a folder or glob of training images)")
+    kw = {"threads": args.threads, "graph_argmax": args.graph_argmax}
+    if args.calib is not None:
+        kw.update(calibration=args.calib, calibration_size=args.calib_count)
+    if args.int8_keep_float is not None:
+        kw["int8_keep_float"] = args.int8_keep_float
+    s = predict(args.weights, args.sources, args.out, backend=args.backend, precision=args.precision,
+                size=args.size, overlay=args.overlay, side_by_side=args.side_by_side,
+                save_frames=args.save_frames, alpha=args.alpha, progress=not args.quiet, **kw)
+    what = ", ".join(x for x in (f"{s.images} images" if s.images else "", f"{s.frames} frames" if s.frames else "")
+                     if x) or "nothing"
+    print(f"segmented {what} in {s.seconds:.1f} s ({s.fps:.1f} FPS incl. decode/encode), "
+          f"{len(s.outputs)} files in {args.out}")
+    for msg in s.skipped:
+        print(f"skipped: {msg}")
+    return 1 if s.skipped and not (s.images or s.frames) else 0

@@ -1,0 +1,80 @@
+"""Optimisers, learning-rate schedules, the weight EMA and ``init=`` weight transfer for the training loop."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from rtseg.checkpoint import load_checkpoint
+from rtseg.engine.config import ConfigError, TrainConfig
+
+__all__ = ["ModelEMA", "build_optimizer", "build_scheduler", "init_from"]
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights: ``ema = d * ema + (1 - d) * w`` after every step.
+
+    Buffers (BatchNorm statistics) are copied, not averaged. ``module`` is a full model (same
+    class, same ``rtseg_name``) that can be evaluated and saved like the original.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        self.module.load_state_dict(model.state_dict())
+
+
+def init_from(model: nn.Module, path: str) -> int:
+    """Copy every same-named, same-shaped tensor of rtseg checkpoint ``path`` into ``model``."""
+    src = load_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    if not take:
+        raise ConfigError(
+            f"init={path}: no tensor of the checkpoint fits model {getattr(model, 'rtseg_name', '?')}"
+        )
+    model.load_state_dict(take, strict=False)
+    return len(take)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, split_encoder: bool = False) -> torch.optim.Optimizer:
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if split_encoder:  # decoder attachment (thesis §3.5.1): group 1 = the encoder, whose lr is scaled
+        if not isinstance(getattr(model, "encoder", None), nn.Module):
+            raise ConfigError("decoder_warmup_epochs needs a model with an `encoder` submodule")
+        enc = {id(p) for p in model.encoder.parameters()}
+        params = [
+            {"params": [p for p in params if id(p) not in enc]},
+            {"params": [p for p in params if id(p) in enc]},
+        ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    # Adam with L2 weight decay (ENet/ERFNet used Torch7/PyTorch Adam with weightDecay, i.e. coupled L2)
+    return opt_cls(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int, steps: int) -> Any:
+    if cfg.scheduler == "poly":
+        power, total = cfg.poly_power, epochs if cfg.poly_by_epoch else epochs * steps
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / total) ** power)
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
+    return None

@@ -1,0 +1,1 @@
+"""Measuring models: segmentation metrics, the one evaluation loop, efficiency profiling and visualisation."""
