@@ -178,16 +178,16 @@ def test_bad_inputs_are_named(runs, tmp_path, capsys):
 
 def test_shipped_weights_resolve_by_name_with_their_training_log():
     from rtseg.hub import available_weights, weights_info
-    from rtseg.reporting import _labels, _resolve
+    from rtseg.reporting.sources import assign_labels, resolve_source
 
     if "enet_camvid" not in available_weights():
         pytest.skip("enet_camvid is not shipped")
-    src = _resolve("enet_camvid")
+    src = resolve_source("enet_camvid")
     assert src.checkpoint.name == "enet_camvid.pt"
     repo = Path(__file__).resolve().parents[2]
     # the committed log copy, not the untracked runs/ folder training wrote to (absent on a fresh clone)
     assert src.metrics_log == repo / weights_info("enet_camvid")["log"] / "metrics.jsonl"
-    _labels([src], None)
+    assign_labels([src], None)
     assert src.label == "enet_camvid"  # shipped weights go by their name, not their log folder's
 
 
@@ -212,13 +212,13 @@ def test_every_shipped_weight_has_a_committed_training_log():
 
 
 def test_group_labels_disambiguate_same_split():
-    from rtseg.reporting import _group_labels
+    from rtseg.reporting.sources import group_labels
 
     a = json.dumps({"name": "synthetic", "split": "val", "root": None, "kwargs": {"length": 8, "size": [9, 9]}})
     b = json.dumps({"name": "synthetic", "split": "val", "root": None, "kwargs": {"length": 16, "size": [9, 9]}})
     c = json.dumps({"name": "camvid", "split": "val", "root": "/d", "kwargs": {}}, sort_keys=True)
-    assert _group_labels([c]) == {c: "camvid/val"}
-    labels = _group_labels([a, b, c, a])
+    assert group_labels([c]) == {c: "camvid/val"}
+    labels = group_labels([a, b, c, a])
     assert labels[a] == "synthetic/val (length=8)" and labels[b] == "synthetic/val (length=16)"
     assert labels[c] == "camvid/val"  # only names that collide get the arguments that tell them apart
 
@@ -226,7 +226,7 @@ def test_group_labels_disambiguate_same_split():
 def test_point_labels_do_not_overlap():
     """Models with nearly equal (GMACs, mIoU) get labels one below the other, not on top of each other."""
     from rtseg.eval.metrics import pyplot
-    from rtseg.reporting import _annotate_points
+    from rtseg.reporting.figures import _annotate_points
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 3))
