@@ -71,6 +71,8 @@ class TrainConfig:
     batch_size: int = 8  # per process; ENet used 10, ERFNet 12 (memory-bound on small GPUs)
     val_batch_size: int | None = None  # None = batch_size; validation needs no gradients
     val_every: int = 1  # validate every N epochs (and always after the last one)
+    plateau_stop_epochs: int = 0  # stop the last stage once val mIoU gained < plateau_stop_gain over this many epochs; 0 = off
+    plateau_stop_gain: float = 0.005  # mIoU (a fraction: 0.005 = 0.5 points) such a window must add to go on
 
     # ---- augmentation (train split only) ------------------------------------------------------
     crop: tuple[int, int] = (360, 480)  # H x W of training crops; CamVid frames are 360x480
@@ -150,6 +152,10 @@ class TrainConfig:
             f"val_batch_size must be >= 1, got {self.val_batch_size}",
         )
         need(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
+        need(self.plateau_stop_epochs >= 0, f"plateau_stop_epochs must be >= 0 (0 = off), got {self.plateau_stop_epochs}")
+        need(0 <= self.plateau_stop_gain < 1, f"plateau_stop_gain is a mIoU fraction in [0, 1), got {self.plateau_stop_gain}")
+        need(self.plateau_stop_epochs == 0 or self.val_split is not None,
+             "plateau_stop_epochs needs validation (val_split) to see a plateau")
         need(all(v >= 1 for v in self.crop), f"crop must be positive HxW, got {self.crop}")
         need(0 < self.scale[0] <= self.scale[1], f"scale must be 0 < min <= max, got {self.scale}")
         need(0.0 <= self.hflip <= 1.0, f"hflip is a probability in [0, 1], got {self.hflip}")

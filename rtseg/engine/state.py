@@ -4,7 +4,8 @@ Format (``weights_only``-loadable: tensors, lists, plain scalars)::
 
     {"format": "rtseg-train-state", "version": 1, "config": {...}, "stage_index", "stage", "epoch",
      "global_epoch", "model", "optimizer", "scheduler", "scaler", "ema", "best", "class_weights",
-     "class_names", "history", "rng": {"torch", "cuda", "numpy", "python", "loader"}, "data_order"}
+     "class_names", "history", "rng": {"torch", "cuda", "numpy", "python", "loader"}, "data_order",
+     "stopped" (optional: why the run ended before its last epoch, e.g. a val mIoU plateau)}
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ __all__ = ["RESUME_MUTABLE", "TRAIN_STATE_FORMAT", "TRAIN_STATE_VERSION", "load_
 TRAIN_STATE_FORMAT = "rtseg-train-state"
 TRAIN_STATE_VERSION = 1
 #: keys that may change when resuming without breaking "same weights as an uninterrupted run"
-RESUME_MUTABLE = ("workers", "persistent_workers", "progress", "device", "cache")
+RESUME_MUTABLE = ("workers", "persistent_workers", "progress", "device", "cache",
+                  # when to stop changes no epoch's weights: a resumed run equals an uninterrupted one with the new rule
+                  "plateau_stop_epochs", "plateau_stop_gain")
 
 
 def rng_state(loader_gen: torch.Generator) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from rtseg.eval.loop import autocast, evaluate_batches, to_input
 from rtseg.eval.metrics import SegMetrics
 from rtseg.models import create_model
 from rtseg.nn.grouping import gradual_setup, set_alpha
+from rtseg.utils.machine import cpu_name
 from rtseg.utils.progress import tqdm
 
 __all__ = ["MAX_BAD_STEPS", "has_dilated_depthwise", "train"]
@@ -138,6 +139,8 @@ class _Run:
     best: dict[str, Any] = field(default_factory=_new_best)
     last_lr: float = 0.0  # lr of the last step taken
     last_nonfinite: str = ""  # what went non-finite in the last skipped step
+    hardware: str = ""  # what computes the epochs (written into every log line)
+    stopped: str | None = None  # why the run ended before its last epoch (a plateau), if it did
 
     @property
     def best_path(self) -> Path:
@@ -190,7 +193,8 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> dict[st
         stage = _setup_stage(run, si, epoch_offset, state, start_stage, start_epoch)
         for epoch in range(stage.first, stage.n_epochs):
             ep = _train_epoch(run, stage, epoch)
-            _end_epoch(run, stage, epoch, ep)
+            if _end_epoch(run, stage, epoch, ep):
+                break  # a val mIoU plateau ended the run (plateau_stop_epochs)
         epoch_offset += stage.n_epochs
     if d.world > 1:
         dist.barrier()  # nobody leaves (and tears down the group) before rank 0 has written
@@ -204,6 +208,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> dict[st
         "history": run.history,
         "config": config_to_dict(cfg),
         "model": run.eval_model,
+        "stopped": run.stopped,
     }
 
 
@@ -257,7 +262,15 @@ def _setup(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> _Run:
         )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     return _Run(cfg, d, device, run_dir, train_ds, val_ds, num_classes, class_names, model, net, alpha_at,
-                channels_last, weights, criterion, ema, sampler, train_loader, val_loader, steps, scaler)
+                channels_last, weights, criterion, ema, sampler, train_loader, val_loader, steps, scaler,
+                hardware=_hardware(device, cfg.amp, d.world))
+
+
+def _hardware(device: torch.device, amp: bool, world: int) -> str:
+    """E.g. ``cpu (AMD EPYC 7B13, 2 threads), bf16 autocast`` or ``2 x cuda (NVIDIA H200), fp16 autocast``."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    precision = ("fp16" if device.type == "cuda" else "bf16") + " autocast" if amp else "fp32"
+    return f"{f'{world} x ' if world > 1 else ''}{device.type} ({name}), {precision}"
 
 
 def has_dilated_depthwise(model: nn.Module) -> bool:
@@ -305,6 +318,9 @@ def _start(run: _Run, state: dict[str, Any] | None) -> tuple[int, int]:
     run.best = dict(state["best"])
     run.model.load_state_dict(state["model"])
     run.history = list(state["history"])
+    if state.get("stopped"):  # it ended at a plateau: nothing left to run
+        run.stopped = str(state["stopped"])
+        return len(run.cfg.stages), 0
     start_stage, start_epoch = int(state["stage_index"]), int(state["epoch"])
     if start_epoch >= run.cfg.stage_epochs(run.cfg.stages[start_stage]):
         start_stage, start_epoch = start_stage + 1, 0  # killed right after a stage's last epoch
@@ -485,6 +501,7 @@ def _record(run: _Run, stage: _Stage, epoch: int, ep: _Epoch, metrics: dict[str,
         "time_s": round(ep.seconds, 3),
         "img_per_s": round(run.steps * cfg.batch_size * run.d.world / ep.seconds, 2),
         "data_wait_s": round(ep.data_wait_s, 3),
+        "hardware": run.hardware,
     }
     if ep.skipped:
         record["skipped_steps"] = ep.skipped
@@ -495,8 +512,26 @@ def _record(run: _Run, stage: _Stage, epoch: int, ep: _Epoch, metrics: dict[str,
     return record
 
 
-def _end_epoch(run: _Run, stage: _Stage, epoch: int, ep: _Epoch) -> None:
-    """Validate when due, log the epoch, save ``best`` when it improved and the training state always."""
+def _plateau(run: _Run, stage: _Stage, epoch: int) -> str | None:
+    """Why the last stage should stop now: its best val mIoU gained < ``plateau_stop_gain`` over the last
+    ``plateau_stop_epochs`` epochs (issue #18: "trained to a plateau, not to a clock"); None to go on."""
+    window, gain = run.cfg.plateau_stop_epochs, run.cfg.plateau_stop_gain
+    if window <= 0 or stage.index != len(run.cfg.stages) - 1 or epoch + 1 <= window:
+        return None
+    mious = {r["epoch"]: r["val_miou"] for r in run.history if r["stage"] == stage.name and r["val_miou"] is not None}
+    before = [v for e, v in mious.items() if e <= epoch + 1 - window]
+    if not before or (epoch + 1) not in mious:
+        return None
+    best_now, best_then = max(mious.values()), max(before)
+    if best_now - best_then >= gain:
+        return None
+    return (f"plateau: best val mIoU {100 * best_now:.2f} at epoch {epoch + 1} gained "
+            f"{100 * (best_now - best_then):.2f} < {100 * gain:.2f} points over the last {window} epochs")
+
+
+def _end_epoch(run: _Run, stage: _Stage, epoch: int, ep: _Epoch) -> bool:
+    """Validate when due, log the epoch, save ``best`` when it improved and the training state always;
+    True when the run stops here at a plateau."""
     cfg, d = run.cfg, run.d
     metrics = None
     if run.val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == stage.n_epochs):
@@ -510,8 +545,11 @@ def _end_epoch(run: _Run, stage: _Stage, epoch: int, ep: _Epoch) -> None:
     improved = score is not None and not math.isnan(score) and score > run.best["score"]
     if improved:
         run.best = {"score": score, "miou": record["val_miou"], "epoch": epoch + 1}
+    run.stopped = _plateau(run, stage, epoch)
+    if run.stopped:
+        record["stopped"] = run.stopped
     if not d.main:
-        return
+        return run.stopped is not None
     if cfg.progress:
         miou = "" if metrics is None else f" val mIoU {metrics['miou']:.4f}"
         print(f"[{stage.name} {epoch + 1}/{stage.n_epochs}] loss {ep.loss:.4f}{miou} "
@@ -524,6 +562,9 @@ def _end_epoch(run: _Run, stage: _Stage, epoch: int, ep: _Epoch) -> None:
                    metrics=None if metrics is None else _plain_metrics(metrics), train_loss=ep.loss,
                    config=config_to_dict(cfg))
     _save_state(run, stage, epoch)
+    if run.stopped and cfg.progress:
+        print(f"stopped: {run.stopped}")
+    return run.stopped is not None
 
 
 def _save_state(run: _Run, stage: _Stage, epoch: int) -> None:
@@ -546,6 +587,7 @@ def _save_state(run: _Run, stage: _Stage, epoch: int) -> None:
         history=run.history,
         rng=rng_state(run.train_loader.generator),
         data_order={"sampler_seed": run.cfg.seed, "next_global_epoch": global_epoch + 1},
+        **({"stopped": run.stopped} if run.stopped else {}),
     )
 
 

@@ -505,3 +505,25 @@ def test_channels_last_guard_finds_dilated_depthwise_convs() -> None:
     assert has_dilated_depthwise(rtseg.create_model("wspdnet", num_classes=5))
     assert not has_dilated_depthwise(rtseg.create_model("erfnet", num_classes=5))  # dilated, but dense
     assert not has_dilated_depthwise(rtseg.create_model("enet", num_classes=5))
+
+
+# ---- stopping at a plateau, and the hardware of every epoch -------------------------------------------
+def test_plateau_stop_ends_the_run_and_resume_keeps_it_ended(tmp_path: Path, monkeypatch) -> None:
+    """plateau_stop_epochs=2 with a gain no run can reach: the run stops at epoch 3 (the first epoch with
+    two epochs before it), says why in the log and the state, and --resume of it trains nothing more."""
+    _val_len8(monkeypatch)
+    out = tmp_path / "plateau"
+    r = rtseg.train(**BASE, epochs=6, plateau_stop_epochs=2, plateau_stop_gain=0.99, out=str(out))
+    assert len(r["history"]) == 3 and r["stopped"].startswith("plateau: ")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3] and lines[-1]["stopped"] == r["stopped"]
+    assert all(x["hardware"].startswith("cpu (") for x in lines)
+    assert torch.load(out / "last.pt", weights_only=True)["stopped"] == r["stopped"]
+    again = rtseg.train(resume=out)
+    assert len(again["history"]) == 3 and again["stopped"] == r["stopped"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    # a reachable gain never stops it; the rule is off by default
+    r = rtseg.train(**BASE, epochs=3, plateau_stop_epochs=2, plateau_stop_gain=0.0, out=str(tmp_path / "go"))
+    assert len(r["history"]) == 3 and r["stopped"] is None
+    with pytest.raises(ConfigError, match="plateau_stop_epochs needs validation"):
+        rtseg.train(**BASE, epochs=3, plateau_stop_epochs=2, val_split=None, out=str(tmp_path / "nv"))
