@@ -241,15 +241,24 @@ def _init_from(model: nn.Module, path: str) -> int:
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, split_encoder: bool = False) -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD over the trainable parameters; with ``split_encoder`` param group 1 is the encoder.
+
+    Group 1 exists for the decoder warm-up (thesis §3.5.1, its lr scaled each step in the loop) and for a
+    pretrained encoder's own lr / weight decay (``encoder_lr``, ``encoder_weight_decay``; thesis §4.2).
+    """
     params: Any = [p for p in model.parameters() if p.requires_grad]
-    if split_encoder:  # decoder attachment (thesis §3.5.1): group 1 = the encoder, whose lr is scaled
+    if split_encoder:
         if not isinstance(getattr(model, "encoder", None), nn.Module):
-            raise ConfigError("decoder_warmup_epochs needs a model with an `encoder` submodule")
+            raise ConfigError(
+                "decoder_warmup_epochs / encoder_lr / encoder_weight_decay need a model with an `encoder` submodule"
+            )
         enc = {id(p) for p in model.encoder.parameters()}
-        params = [
-            {"params": [p for p in params if id(p) not in enc]},
-            {"params": [p for p in params if id(p) in enc]},
-        ]
+        group1: dict[str, Any] = {"params": [p for p in params if id(p) in enc]}
+        if cfg.encoder_lr is not None:
+            group1["lr"] = cfg.encoder_lr
+        if cfg.encoder_weight_decay is not None:
+            group1["weight_decay"] = cfg.encoder_weight_decay
+        params = [{"params": [p for p in params if id(p) not in enc]}, group1]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -529,7 +538,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
             train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
     )
-    aug = TrainTransform(cfg.crop, cfg.scale, cfg.hflip, cfg.translate, cfg.ignore_index)
+    aug = TrainTransform(cfg.crop, cfg.scale, cfg.hflip, cfg.translate, cfg.ignore_index, vflip=cfg.vflip)
     train_loader = _loader(
         _Augmented(train_ds, aug, cfg.seed),
         train_sampler,
@@ -585,7 +594,8 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
         encoder_only = stage == "encoder"
         # A fresh optimiser per stage: stage two starts from the stage-one encoder, not its momentum.
         warmup = cfg.decoder_warmup_epochs if stage == "full" else 0
-        optimizer = _optimizer(model, cfg, split_encoder=warmup > 0)
+        own_encoder = stage == "full" and (cfg.encoder_lr is not None or cfg.encoder_weight_decay is not None)
+        optimizer = _optimizer(model, cfg, split_encoder=warmup > 0 or own_encoder)
         scheduler = _scheduler(optimizer, cfg, n_epochs, steps)
         best = {"score": -math.inf, "miou": None, "epoch": None}
         if ema is not None:
@@ -655,6 +665,7 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]
+                group1_lr = optimizer.param_groups[-1]["lr"]  # the encoder's when it has its own group
                 if enc_lr is not None:  # schedulers never see the scaled value: it is restored right after
                     saved_lr, enc_lr["lr"] = enc_lr["lr"], enc_lr["lr"] * cfg.encoder_lr_scale
                 scaler.step(optimizer)
@@ -725,8 +736,8 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
                           "non-finite loss or gradient", flush=True)
             if alpha is not None:
                 record["alpha"] = alpha
-            if warmup > 0:
-                record["encoder_lr"] = lr * cfg.encoder_lr_scale if enc_lr is not None else lr
+            if len(optimizer.param_groups) > 1:  # decoder warm-up and/or the encoder's own lr
+                record["encoder_lr"] = group1_lr * cfg.encoder_lr_scale if enc_lr is not None else group1_lr
             history.append(record)
             score = -train_loss if val_loader is None else (metrics["miou"] if metrics is not None else None)
             improved = score is not None and not math.isnan(score) and score > best["score"]
