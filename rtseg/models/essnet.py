@@ -9,13 +9,15 @@ Papers:
 
 Family members (all take ``B x 3 x H x W`` RGB in [0, 1] and return ``B x num_classes x H x W``):
     ``essnet_b_<m>``  thesis Table 3.1: ERFNet with every encoder non-bt-1D replaced by a conv-module.
-    ``essnet_a_<m>``  Table 3.3 / Fig 3.5: selective -- non-bt-1D early and in the first dilated group.
+    ``essnet_a_<m>``  Table 3.3: 3 non-bt-1D + 2 conv-modules at 1/4, 4 dilated non-bt-1D + 4 conv-modules at 1/8.
     ``essnet_<m>``    final ESSNet, Fig 3.9: conv-modules in encoder and (dense) decoder, 1x1 "UPS" upsampling.
     ``essnet_<m>_{trans4x,trans8x,nodec,ppm}``  the decoder variants of §4.1 and the pyramid-pooling head of §4.2.
+    ``essnet_enc_ups``  §4.1's "ESSNet-enc-UPS": ESSNet-B-D with UPS upsamplers in ERFNet's decoder.
 with ``<m>`` the conv-module type: ``d`` (depthwise separable), ``dg2/dg4/dg8`` (+ grouped pointwise convs),
-``dg2s/dg4s/dg8s`` (+ channel shuffle). The released Cityscapes checkpoints are ``essnet_dg2s`` and
-``essnet_dg4s`` (converter ``essnet-official`` below). Where this file reads an ambiguous thesis passage,
-docs/models.md (section 6) says how and why.
+``dg2s/dg4s/dg8s`` (+ channel shuffle). The released Cityscapes checkpoints are ``essnet_d``, ``essnet_dg2s`` and
+``essnet_dg4s`` (converter ``essnet-official``), the released ImageNet encoders those of ``essnet_dg2s`` /
+``essnet_dg4s`` (converter ``essnet-official-imagenet``). ``THESIS`` holds the thesis' numbers per model;
+docs/models.md §4 compares them with rtseg's counts and §6 says where the thesis leaves room and why.
 """
 
 from __future__ import annotations
