@@ -38,6 +38,7 @@ class AffineParams:
     flip: bool
     top: int
     left: int
+    vflip: bool = False  # upside down: the ESSNet thesis text (§3.4.1) flips vertically too
 
 
 def _axis_map(
@@ -73,13 +74,14 @@ def affine_crop(
     ``image``: ``C x H x W`` (any dtype; uint8 stays uint8, rounded), ``label``: ``H x W`` integer
     or ``None``. Returns ``C x h x w`` and ``h x w`` (same dtypes) for ``size = (h, w)``. Output
     pixel ``(i, j)`` shows pixel ``(top + i, left + j)`` of the image scaled by ``params.scale``
-    (then mirrored if ``flip``); outside the source: 0 in the image, ``ignore_index`` in the label.
+    (then mirrored if ``flip``, upside down if ``vflip``); outside the source: 0 in the image, ``ignore_index``
+    in the label.
     """
     if image.dim() != 3:
         raise ValueError(f"image must be C x H x W, got {tuple(image.shape)}")
     _, h_src, w_src = image.shape
     h, w = size
-    gy, iy = _axis_map(h, params.top, h_src, params.scale, False)
+    gy, iy = _axis_map(h, params.top, h_src, params.scale, params.vflip)
     gx, ix = _axis_map(w, params.left, w_src, params.scale, params.flip)
     grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]  # 1 x h x w x 2
     # 'border' reproduces F.interpolate at the image edges; pixels from outside are zeroed below.
@@ -135,8 +137,11 @@ class TrainTransform:
         hflip: float = 0.5,
         translate: int = 2,
         ignore_index: int = 255,
+        *,
+        vflip: float = 0.0,
     ) -> None:
         self.crop = (int(crop[0]), int(crop[1]))
+        self.vflip = float(vflip)
         self.scale = (float(scale[0]), float(scale[1]))
         self.hflip = float(hflip)
         self.translate = int(translate)
@@ -155,7 +160,9 @@ class TrainTransform:
             if t:
                 o += int(rng.integers(-t, t + 1))
             origin.append(o)
-        return AffineParams(scale=s, flip=flip, top=origin[0], left=origin[1])
+        # drawn last and only when enabled, so runs without vertical flips keep their random streams
+        vflip = bool(rng.random() < self.vflip) if self.vflip > 0 else False
+        return AffineParams(scale=s, flip=flip, top=origin[0], left=origin[1], vflip=vflip)
 
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
@@ -167,7 +174,7 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (
             f"TrainTransform(crop={self.crop}, scale={self.scale}, hflip={self.hflip}, "
-            f"translate={self.translate})"
+            f"translate={self.translate}, vflip={self.vflip})"
         )
 
 

@@ -79,6 +79,7 @@ class TrainConfig:
     scale: tuple[float, float] = (0.5, 2.0)  # random rescale range before cropping (thesis recipe)
     hflip: float = 0.5  # probability of a horizontal flip; street scenes are left-right symmetric
     translate: int = 2  # max random shift in pixels per axis (ERFNet: 0-2 px)
+    vflip: float = 0.0  # probability of a vertical flip: the ESSNet thesis text (§3.4.1); its released code has none
     encoder_target: str = "nearest"  # stage-1 labels at 1/8: 'nearest' (authors' code) or 'mode'
 
     # ---- loss ---------------------------------------------------------------------------------
@@ -110,6 +111,9 @@ class TrainConfig:
     alpha_steps: int = 4  # 'step' schedule: number of equal drops
     decoder_warmup_epochs: int = 0  # §3.5.1: first N 'full'-stage epochs barely move the encoder
     encoder_lr_scale: float = 1e-16  # encoder lr factor during that warm-up (5e-4 x 1e-16 = 5e-20)
+    # ---- pretrained encoder (ESSNet thesis §4.2: ImageNet encoder fine-tuned at lr 1.25e-4, wd 0.5e-4) ----
+    encoder_lr: float | None = None  # 'full'-stage lr of the encoder's parameters; None = lr
+    encoder_weight_decay: float | None = None  # their weight decay; None = weight_decay
 
     # ---- engine -------------------------------------------------------------------------------
     device: str = "auto"  # 'auto' = cuda when available, else cpu; or 'cpu', 'cuda', 'cuda:1'
@@ -159,6 +163,7 @@ class TrainConfig:
         need(all(v >= 1 for v in self.crop), f"crop must be positive HxW, got {self.crop}")
         need(0 < self.scale[0] <= self.scale[1], f"scale must be 0 < min <= max, got {self.scale}")
         need(0.0 <= self.hflip <= 1.0, f"hflip is a probability in [0, 1], got {self.hflip}")
+        need(0.0 <= self.vflip <= 1.0, f"vflip is a probability in [0, 1], got {self.vflip}")
         need(self.translate >= 0, f"translate must be >= 0 pixels, got {self.translate}")
         for key, val, choices in (
             ("encoder_target", self.encoder_target, ENCODER_TARGETS),
@@ -173,6 +178,11 @@ class TrainConfig:
         need(0 <= self.ignore_index, f"ignore_index must be >= 0, got {self.ignore_index}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.encoder_lr is None or self.encoder_lr > 0, f"encoder_lr must be > 0, got {self.encoder_lr}")
+        need(
+            self.encoder_weight_decay is None or self.encoder_weight_decay >= 0,
+            f"encoder_weight_decay must be >= 0, got {self.encoder_weight_decay}",
+        )
         need(0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
         need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         need(0 <= self.ema < 1, f"ema is a decay in [0, 1) (0 = off), got {self.ema}")

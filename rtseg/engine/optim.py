@@ -53,15 +53,24 @@ def init_from(model: nn.Module, path: str) -> int:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, split_encoder: bool = False) -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD over the trainable parameters; with ``split_encoder`` param group 1 is the encoder.
+
+    Group 1 exists for the decoder warm-up (thesis §3.5.1, its lr scaled each step in the loop) and for a
+    pretrained encoder's own lr / weight decay (``encoder_lr``, ``encoder_weight_decay``; thesis §4.2).
+    """
     params: Any = [p for p in model.parameters() if p.requires_grad]
-    if split_encoder:  # decoder attachment (thesis §3.5.1): group 1 = the encoder, whose lr is scaled
+    if split_encoder:
         if not isinstance(getattr(model, "encoder", None), nn.Module):
-            raise ConfigError("decoder_warmup_epochs needs a model with an `encoder` submodule")
+            raise ConfigError(
+                "decoder_warmup_epochs / encoder_lr / encoder_weight_decay need a model with an `encoder` submodule"
+            )
         enc = {id(p) for p in model.encoder.parameters()}
-        params = [
-            {"params": [p for p in params if id(p) not in enc]},
-            {"params": [p for p in params if id(p) in enc]},
-        ]
+        group1: dict[str, Any] = {"params": [p for p in params if id(p) in enc]}
+        if cfg.encoder_lr is not None:
+            group1["lr"] = cfg.encoder_lr
+        if cfg.encoder_weight_decay is not None:
+            group1["weight_decay"] = cfg.encoder_weight_decay
+        params = [{"params": [p for p in params if id(p) not in enc]}, group1]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam

@@ -138,6 +138,7 @@ class _Run:
     final: dict[str, Any] | None = None
     best: dict[str, Any] = field(default_factory=_new_best)
     last_lr: float = 0.0  # lr of the last step taken
+    last_encoder_lr: float = 0.0  # and of param group 1 (the encoder's, when it has its own group)
     last_nonfinite: str = ""  # what went non-finite in the last skipped step
     hardware: str = ""  # what computes the epochs (written into every log line)
     stopped: str | None = None  # why the run ended before its last epoch (a plateau), if it did
@@ -177,6 +178,7 @@ class _Epoch:
 
     loss: float
     lr: float  # of the epoch's last step
+    encoder_lr: float | None  # param group 1's lr at that step (decoder warm-up / encoder_lr), if any
     seconds: float
     data_wait_s: float
     skipped: int
@@ -297,7 +299,7 @@ def _loaders(cfg: TrainConfig, d: DistInfo, device: torch.device, train_ds: Any,
     sampler = EpochSampler(
         DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     )
-    aug = TrainTransform(cfg.crop, cfg.scale, cfg.hflip, cfg.translate, cfg.ignore_index)
+    aug = TrainTransform(cfg.crop, cfg.scale, cfg.hflip, cfg.translate, cfg.ignore_index, vflip=cfg.vflip)
     train_loader = make_loader(Augmented(train_ds, aug, cfg.seed), sampler, cfg.batch_size, cfg, device,
                                drop_last=True, seed=cfg.seed)
     val_loader = None
@@ -335,7 +337,8 @@ def _setup_stage(run: _Run, si: int, epoch_offset: int, state: dict[str, Any] | 
     cfg = run.cfg
     name = cfg.stages[si]
     warmup = cfg.decoder_warmup_epochs if name == "full" else 0
-    optimizer = build_optimizer(run.model, cfg, split_encoder=warmup > 0)
+    own_encoder = name == "full" and (cfg.encoder_lr is not None or cfg.encoder_weight_decay is not None)
+    optimizer = build_optimizer(run.model, cfg, split_encoder=warmup > 0 or own_encoder)
     scheduler = build_scheduler(optimizer, cfg, cfg.stage_epochs(name), run.steps)
     run.best = _new_best()
     if run.ema is not None:
@@ -414,7 +417,8 @@ def _train_epoch(run: _Run, stage: _Stage, epoch: int) -> _Epoch:
         stage.scheduler.step()
     if d.world > 1:
         sync_buffers(run.model, run.ema, d.world)
-    return _Epoch(train_loss, lr, seconds, data_s, skipped, alpha, enc_group is not None)
+    enc_lr = run.last_encoder_lr if len(stage.optimizer.param_groups) > 1 else None
+    return _Epoch(train_loss, lr, enc_lr, seconds, data_s, skipped, alpha, enc_group is not None)
 
 
 def _train_step(run: _Run, stage: _Stage, images: torch.Tensor, labels: torch.Tensor,
@@ -444,7 +448,7 @@ def _train_step(run: _Run, stage: _Stage, images: torch.Tensor, labels: torch.Te
     if cfg.grad_clip > 0:
         run.scaler.unscale_(opt)
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-    run.last_lr = opt.param_groups[0]["lr"]
+    run.last_lr, run.last_encoder_lr = opt.param_groups[0]["lr"], opt.param_groups[-1]["lr"]
     if enc_group is not None:  # schedulers never see the scaled value: it is restored right after
         saved_lr, enc_group["lr"] = enc_group["lr"], enc_group["lr"] * cfg.encoder_lr_scale
     run.scaler.step(opt)
@@ -507,8 +511,8 @@ def _record(run: _Run, stage: _Stage, epoch: int, ep: _Epoch, metrics: dict[str,
         record["skipped_steps"] = ep.skipped
     if ep.alpha is not None:
         record["alpha"] = ep.alpha
-    if stage.warmup > 0:
-        record["encoder_lr"] = ep.lr * cfg.encoder_lr_scale if ep.encoder_lr_scaled else ep.lr
+    if ep.encoder_lr is not None:  # decoder warm-up and/or the encoder's own lr
+        record["encoder_lr"] = ep.encoder_lr * cfg.encoder_lr_scale if ep.encoder_lr_scaled else ep.encoder_lr
     return record
 
 

@@ -405,6 +405,11 @@ class ENet(SegmentationModel):
         "flops_convention": "flops",
         "size": (360, 640),
         "source": "ENet paper, Table 3 (input 3 x 640 x 360)",
+        # Tables 4 and 5 (../shared/papers/002_*.txt); class IoU on the test splits, at their own input sizes
+        "miou": 58.3,
+        "dataset": "cityscapes-test",
+        "miou_source": "ENet paper, Table 4 (Cityscapes test, class IoU)",
+        "camvid_test": {"class_iou": 51.3, "class_avg_acc": 68.3, "source": "ENet paper, Table 5"},
     },
     default_size=(360, 480),
 )

@@ -527,3 +527,37 @@ def test_plateau_stop_ends_the_run_and_resume_keeps_it_ended(tmp_path: Path, mon
     assert len(r["history"]) == 3 and r["stopped"] is None
     with pytest.raises(ConfigError, match="plateau_stop_epochs needs validation"):
         rtseg.train(**BASE, epochs=3, plateau_stop_epochs=2, val_split=None, out=str(tmp_path / "nv"))
+
+
+def test_vertical_flip_and_its_random_stream() -> None:
+    """vflip (ESSNet thesis §3.4.1) turns image and label upside down; vflip=0 leaves the old random stream."""
+    img = torch.arange(2 * 6 * 8, dtype=torch.uint8).view(2, 6, 8)
+    lab = torch.arange(6 * 8).view(6, 8)
+    o, l = affine_crop(img, lab, AffineParams(1.0, False, 0, 0, vflip=True), (6, 8))
+    assert torch.equal(o, img.flip(1)) and torch.equal(l, lab.flip(0))
+    o, l = affine_crop(img, lab, AffineParams(1.0, True, 0, 0, vflip=True), (6, 8))
+    assert torch.equal(o, img.flip(1, 2)) and torch.equal(l, lab.flip(0, 1))
+    a = TrainTransform((24, 32), scale=(0.5, 2.0), hflip=0.5, translate=2)
+    b = TrainTransform((24, 32), scale=(0.5, 2.0), hflip=0.5, translate=2, vflip=0.0)
+    ra, rb = np.random.default_rng(3), np.random.default_rng(3)
+    assert [a.sample_params(40, 56, ra) for _ in range(20)] == [b.sample_params(40, 56, rb) for _ in range(20)]
+    c = TrainTransform((24, 32), vflip=1.0)
+    assert all(c.sample_params(40, 56, ra).vflip for _ in range(5))
+    with pytest.raises(ConfigError, match="vflip"):
+        rtseg.engine.config.load_config(None, {"vflip": 1.5})
+
+
+def test_encoder_param_group_lr_and_weight_decay() -> None:
+    from rtseg.engine.config import TrainConfig
+    from rtseg.engine.optim import build_optimizer as _optimizer
+
+    model = rtseg.create_model("essnet_dg2s", num_classes=5)
+    cfg = TrainConfig(lr=5e-4, weight_decay=2e-4, encoder_lr=1.25e-4, encoder_weight_decay=0.5e-4)
+    opt = _optimizer(model, cfg, split_encoder=True)
+    g0, g1 = opt.param_groups
+    assert (g0["lr"], g0["weight_decay"], g1["lr"], g1["weight_decay"]) == (5e-4, 2e-4, 1.25e-4, 0.5e-4)
+    enc = {id(p) for p in model.encoder.parameters()}
+    assert {id(p) for p in g1["params"]} == enc
+    assert len(g0["params"]) + len(g1["params"]) == len(list(model.parameters()))
+    with pytest.raises(ConfigError, match="encoder_lr"):
+        rtseg.engine.config.load_config(None, {"encoder_lr": 0.0})

@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import shared_file
 
 from rtseg.checkpoint import CheckpointError, load_model
@@ -16,7 +15,7 @@ from rtseg.checkpoint import convert_file
 from rtseg.models.convert import convert_state_dict, load_foreign_state_dict
 from rtseg.models import create_model, list_models, model_info
 from rtseg.models._essnet_blocks import ConvModule, NonBottleneck1D, UpsamplerBlock, channel_shuffle
-from rtseg.models.essnet import CITYSCAPES_CLASSES, ESSNet, PyramidPooling, _adaptive_avg_pool_exportable
+from rtseg.models.essnet import CITYSCAPES_CLASSES, ESSNet, PyramidPooling
 
 WEIGHTS = "weights/essnet-official"
 FAMILY = sorted(set(list_models("essnet*")) | set(list_models("wspdnet*")))
@@ -74,7 +73,7 @@ def test_released_param_count(released):
             if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
         )
         assert sum(p.numel() for p in model.parameters()) == learnable == expected
-    assert model_info("essnet_dg2s").published["params"] == 269_504
+    assert model_info("essnet_dg2s").published["released"]["params"] == 269_504
 
 
 def test_released_grouped_shapes(released):
@@ -174,26 +173,53 @@ def test_conv_module_shapes_and_validation():
     assert up(torch.rand(1, 8, 5, 7)).shape == (1, 4, 10, 14)
 
 
-def test_pyramid_pooling_export_path_matches_adaptive_pool():
-    x = torch.rand(2, 5, 13, 22)
-    for b in (1, 2, 3, 6):
-        assert torch.allclose(_adaptive_avg_pool_exportable(x, b), F.adaptive_avg_pool2d(x, b), atol=1e-6)
+def test_pyramid_pooling_levels():
+    """§4.2: levels 1/8, 1/4, 1/2 and 1x the feature size, 128 -> 32 each, concatenated to 256 channels."""
     ppm = PyramidPooling(128, 32)
-    assert ppm.out_channels == 256 and ppm(torch.rand(1, 128, 7, 9)).shape == (1, 256, 7, 9)
+    assert ppm.scales == (8, 4, 2, 1) and ppm.out_channels == 256
+    x = torch.rand(1, 128, 7, 9)  # sides not divisible by 8: partial windows are averaged over what they cover
+    assert ppm(x).shape == (1, 256, 7, 9)
+    # the 1/8 level of a 16 x 24 map is 2 x 3 averages of 8 x 8 cells
+    seen = []
+    ppm.stages[0][0].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    x = torch.rand(1, 128, 16, 24)
+    ppm(x)
+    assert seen[0].shape == (1, 128, 2, 3)
+    assert torch.allclose(seen[0][0, :, 1, 2], x[0, :, 8:16, 16:24].mean(dim=(-2, -1)), atol=1e-6)
+    seen.clear()
+    ppm(x[..., :13, :21])  # partial border cells: mean over the pixels inside
+    assert torch.allclose(seen[0][0, :, 1, 2], x[0, :, 8:13, 16:21].mean(dim=(-2, -1)), atol=1e-6)
 
 
 def test_variant_structure():
     kinds = lambda m: [type(layer).__name__ for layer in m.encoder.layers]
     a, b = create_model("essnet_a_dg2"), create_model("essnet_b_dg2")
     assert kinds(b).count("ConvModule") == 13 and kinds(b).count("NonBottleneck1D") == 0
-    assert kinds(a).count("NonBottleneck1D") == 9 and kinds(a).count("ConvModule") == 4
+    # Table 3.3: 3 non-bt-1D + 2 conv-modules at 1/4, 4 dilated non-bt-1D + 4 dilated conv-modules at 1/8
+    assert kinds(a) == ["DownsamplerBlock"] + ["NonBottleneck1D"] * 3 + ["ConvModule"] * 2 + [
+        "DownsamplerBlock"
+    ] + ["NonBottleneck1D"] * 4 + ["ConvModule"] * 4
+    assert [m.conv1L_1.groups for m in a.encoder.layers if isinstance(m, ConvModule)] == [2] * 6
     assert [type(layer).__name__ for layer in b.decoder.layers].count("NonBottleneck1D") == 4
     final = create_model("essnet_dg4")
     assert final.decoder.layers[0].conv.kernel_size == (1, 1)
     assert final.encoder.layers[1].conv1L_1.groups == 4 and final.decoder.layers[1].conv1L_1.groups == 1
     assert not final.encoder.layers[1].shuffle and create_model("essnet_dg4s").encoder.layers[1].shuffle
     ppm = create_model("essnet_dg2_ppm")
-    assert ppm.decoder.layers[1].conv.in_channels == 256
+    assert [type(m).__name__ for m in ppm.decoder.layers] == [
+        "PyramidPooling", "TransposedUpsample", "NonBottleneck1D", "NonBottleneck1D"
+    ]
+    assert ppm.decoder.layers[1].conv.in_channels == 256 and ppm.decoder.layers[1].conv.stride == (4, 4)
+    t4 = create_model("essnet_d_trans4x")
+    assert [type(m).__name__ for m in t4.decoder.layers] == ["TransposedUpsample", "ConvModule", "ConvModule"]
+    t8 = create_model("essnet_d_trans8x")
+    assert len(t8.decoder.layers) == 0 and t8.decoder.output_conv.kernel_size == (3, 3)
+    assert t8.decoder.output_conv.stride == (8, 8)
+    ups = create_model("essnet_enc_ups")
+    assert [type(m).__name__ for m in ups.decoder.layers] == ["UpsamplerBlock"] + ["NonBottleneck1D"] * 2 + [
+        "UpsamplerBlock"
+    ] + ["NonBottleneck1D"] * 2
+    assert all(m.conv.kernel_size == (1, 1) for m in ups.decoder.layers if isinstance(m, UpsamplerBlock))
     # the released configuration: encoder classifier left out
     n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(create_model("essnet_dg2s", num_classes=20, encoder_classifier=False)) == 269_504
@@ -224,7 +250,7 @@ def test_family_registered():
             f"essnet_{m}_ppm",
         ):
             assert name in FAMILY
-    assert "wspdnet" in FAMILY and len(FAMILY) == 50
+    assert "wspdnet" in FAMILY and "essnet_enc_ups" in FAMILY and len(FAMILY) == 51
 
 
 def test_gradients_reach_every_parameter():
@@ -248,7 +274,7 @@ def test_onnx_export_matches_torch(name, request):
     else:
         torch.manual_seed(0)
         model = create_model(name, num_classes=4).eval()
-    x = torch.rand(1, 3, 48, 80)  # 6 x 10 features: bins 3 and 6 exercise the sliced pooling
+    x = torch.rand(1, 3, 48, 80)  # 6 x 10 features: the 1/8 and 1/4 pyramid levels have partial cells
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -411,3 +411,23 @@ def test_config_keys_are_validated() -> None:
         load_config(None, {"gradual_shuffle": True})
     cfg = load_config(None, ["gradual_groups=4", "alpha_epochs=3", "epochs=4", "gradual_scope=all"])
     assert (cfg.gradual_groups, cfg.alpha_epochs, cfg.gradual_scope) == (4, 3, "all")
+
+
+def test_pretrained_encoder_gets_its_own_lr_and_weight_decay(tmp_path: Path) -> None:
+    """Thesis §4.2: a pretrained encoder fine-tuned at lr 1.25e-4 / wd 0.5e-4 while the rest uses lr / wd."""
+    torch.manual_seed(0)
+    init = create_model(TINY, num_classes=7)
+    save_model(init, tmp_path / "init.pt")
+    cfg = {**RUN, "gradual_groups": 0, "gradual_shuffle": False, "epochs": 1, "val_split": None}
+    res = rtseg.train(
+        **cfg, init=str(tmp_path / "init.pt"), encoder_lr=1.25e-4, encoder_weight_decay=0.5e-4, lr=5e-4,
+        scheduler="none", out=str(tmp_path / "e"),
+    )
+    rec = res["history"][0]
+    assert rec["lr"] == pytest.approx(5e-4) and rec["encoder_lr"] == pytest.approx(1.25e-4)
+    # with the warm-up as well, the near-frozen factor applies to the encoder's own lr
+    res = rtseg.train(
+        **cfg, init=str(tmp_path / "init.pt"), encoder_lr=1.25e-4, decoder_warmup_epochs=1, scheduler="none",
+        out=str(tmp_path / "w"),
+    )
+    assert res["history"][0]["encoder_lr"] == pytest.approx(1.25e-4 * 1e-16)
