@@ -27,3 +27,23 @@ def require(module: str, extra: str, what: str) -> ModuleType:
         pkg = module.split(".")[0]
         why = "not installed" if isinstance(e, ModuleNotFoundError) else f"import failed: {e}"
         raise MissingDependency(f"{what} needs {pkg} ({why}): pip install 'rtseg[{extra}]'") from None
+
+
+def require_runtime(backend: str = "torch", precision: str = "fp32") -> None:
+    """Check the packages a Segmenter/bench backend and precision need (before any model is built or exported).
+
+    ``onnxruntime`` and ``openvino`` backends run an ONNX export first (``onnx``); OpenVINO int8 is NNCF.
+    """
+    if backend in ("onnxruntime", "openvino"):
+        require("onnx", "deploy", f"backend {backend!r} (ONNX export)")
+        require(backend, "deploy", f"backend {backend!r}")
+        if backend == "openvino" and precision == "int8":
+            require("nncf", "deploy", "int8 with openvino")
+
+
+def require_export(fmt: str) -> None:
+    """Check the packages ``export(format=fmt)`` needs: ``onnx`` for ONNX, plus ``openvino`` for IR."""
+    if fmt in ("onnx", "openvino"):
+        require("onnx", "deploy", f"export to {fmt}")
+    if fmt == "openvino":
+        require("openvino", "deploy", "export to openvino")
