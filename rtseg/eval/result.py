@@ -12,8 +12,9 @@ beside the visualisation it uses, so that evaluation, the demo and the report ca
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

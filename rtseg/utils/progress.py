@@ -87,10 +87,10 @@ class LogProgress:
     def __len__(self) -> int:
         return int(self.total or 0)
 
-    def __enter__(self) -> LogProgress:
+    def __enter__(self) -> LogProgress:  # noqa: PYI034  (Self needs 3.11)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def update(self, n: float = 1) -> None:
