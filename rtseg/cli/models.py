@@ -13,11 +13,12 @@ import torch
 
 from rtseg._version import __version__
 from rtseg.checkpoint import convert_file, load_model, save_model
-from rtseg.data.base import cache_dir
 from rtseg.cli._common import UsageError, parse_size
-from rtseg.hub import available_weights, weights_info
+from rtseg.data.base import cache_dir
 from rtseg.eval.profiler import count_flops, count_params, profile_model
+from rtseg.hub import available_weights, weights_info
 from rtseg.models import create_model, list_models, model_info
+from rtseg.models._registry import suggest
 from rtseg.nn.grouping import convert_to_deploy, masked_convs
 from rtseg.utils.io import atomic_write_text
 
@@ -156,6 +157,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.model not in list_models() and not Path(args.model).exists() and args.model not in available_weights():
+        raise UsageError(f"unknown model, checkpoint or shipped weights {args.model!r}"
+                         f"{suggest(args.model, list_models() + available_weights())}; see `rtseg models`, "
+                         "`rtseg weights`")
     if Path(args.model).suffix in {".pt", ".pth"} or Path(args.model).exists() or args.model not in list_models():
         model = load_model(args.model)  # a checkpoint path or shipped weights by name (enet_camvid)
         size = args.size or _weights_size(args.model, model)
