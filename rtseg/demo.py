@@ -47,7 +47,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "crop": [120, 160],
     "scale": [0.75, 1.5],
     "class_weighting": "enet",
-    "weight_c": 1.10,
+    "weight_c": 1.05,
     "lr": 2e-3,
     "weight_decay": 1e-4,
     "scheduler": "poly",
