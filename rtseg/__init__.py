@@ -5,16 +5,18 @@ shadowed: ``rtseg.train`` is the function, its module is :mod:`rtseg.engine.trai
 """
 
 from rtseg._version import __version__
-from rtseg.checkpoint import load_model, save_model
+from rtseg.checkpoint import create_model, list_models, load_model, save_model
 from rtseg.engine.trainer import train
 from rtseg.eval.loop import evaluate
-from rtseg.models import SegmentationModel, create_model, list_models, model_info, register_model
+from rtseg.eval.result import SegResult
+from rtseg.models import SegmentationModel, model_info, register_model
 from rtseg.nn.grouping import convert_to_deploy, make_gradual
 from rtseg.reporting import report
 from rtseg.segmenter import Segmenter
 
 __all__ = [
     "SegmentationModel",
+    "SegResult",
     "Segmenter",
     "convert_to_deploy",
     "create_model",

@@ -10,6 +10,7 @@ File layout (a plain dict, loadable with ``torch.load(..., weights_only=True)``)
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import pickle
 from pathlib import Path
@@ -19,13 +20,17 @@ import torch
 from torch import nn
 
 from rtseg.errors import CheckpointError
-from rtseg.hub import resolve_weights
-from rtseg.models import create_model, model_info
+from rtseg.hub import available_weights, read_index, resolve_weights
+from rtseg.models import create_model as _registry_create_model
+from rtseg.models import list_models as _registry_list_models
+from rtseg.models import model_info
+from rtseg.models._registry import suggest
 from rtseg.models.convert import convert_to_model
 from rtseg.nn.grouping import apply_grouping_meta, grouping_meta
 from rtseg.utils.io import atomic_torch_save
 
-__all__ = ["FORMAT", "CheckpointError", "convert_file", "load_checkpoint", "load_model", "save_model"]
+__all__ = ["FORMAT", "CheckpointError", "convert_file", "create_model", "default_weights", "list_models",
+           "load_checkpoint", "load_model", "save_model"]
 
 FORMAT = "rtseg-checkpoint"
 VERSION = 1
@@ -79,10 +84,15 @@ def save_model(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate an rtseg checkpoint dict (safe: ``weights_only=True``)."""
+    """Read and validate an rtseg checkpoint dict (safe: ``weights_only=True``); ``path`` may also name
+    shipped weights (``"enet_camvid"``), so every ``init=``/checkpoint argument takes those names too."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        if str(path) in available_weights():
+            path = resolve_weights(str(path))
+        else:
+            raise CheckpointError(f"{path}: no such checkpoint file or shipped weights"
+                                  f"{suggest(str(path), available_weights())}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
@@ -110,7 +120,7 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
         model_info(ckpt["model"])
     except KeyError as e:
         raise CheckpointError(f"{path}: {e.args[0]}") from None
-    model = create_model(ckpt["model"], **ckpt["model_kwargs"])
+    model = _registry_create_model(ckpt["model"], **ckpt["model_kwargs"])
     grouping = (ckpt.get("meta") or {}).get("grouping")
     if grouping:  # masked (gradual-grouping) or converted structure: rebuild it before loading weights
         try:
@@ -140,3 +150,71 @@ def convert_file(source: str, src: str | os.PathLike, dst: str | os.PathLike, **
     """Convert the foreign state dict at ``src`` (``--source`` converter) into an rtseg checkpoint at ``dst``."""
     model, meta = convert_to_model(source, src, **kwargs)
     return save_model(model, dst, **meta)
+
+
+# -- timm-style entry points: rtseg.create_model(name, pretrained=...) and rtseg.list_models(pretrained=...) --
+# The registry (models layer) knows architectures only; shipped weights are resolved here, a layer up.
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered architectures matching ``pattern`` (``"essnet*"``); with ``pretrained=True`` the names of
+    the shipped weights instead (``["enet_camvid", ...]``), each usable as ``create_model(name, pretrained=True)``
+    or ``load_model(name)``."""
+    if not pretrained:
+        return _registry_list_models(pattern)
+    return [n for n in available_weights() if fnmatch.fnmatchcase(n, pattern)]
+
+
+def default_weights(arch: str) -> str | None:
+    """The shipped weights ``create_model(arch, pretrained=True)`` loads: the best-scoring (val mIoU) of those
+    trained as architecture ``arch``; None when none is shipped."""
+    index = read_index()
+    names = [n for n in available_weights() if index[n].get("model") == arch]
+    return max(names, key=lambda n: (index[n].get("val_miou") or 0.0, n), default=None)
+
+
+def create_model(name: str, num_classes: int | None = None, pretrained: bool | str | os.PathLike = False,
+                 **kwargs: Any) -> nn.Module:
+    """Build a model by name, optionally with trained weights (timm's ``create_model``).
+
+    ``name`` is a registered architecture (``"enet"``) or shipped weights (``"enet_camvid"``: that
+    architecture with those weights' classes). ``pretrained``: ``False`` = random init (``num_classes``,
+    default 19, and ``kwargs`` go to the builder); ``True`` = the shipped weights named ``name``, or for an
+    architecture its default shipped weights (:func:`default_weights`); a string = those weights (shipped name
+    or checkpoint path), which must be of architecture ``name``. Pretrained models come in eval mode, with
+    ``model.rtseg_meta`` (class names, ...) as from :func:`load_model`; ``num_classes``/``kwargs`` must then
+    agree with the weights (a different class count is a fine-tuning run: ``rtseg train init=WEIGHTS``).
+    """
+    index = read_index()
+    shipped = name in index and name in available_weights()
+    if name not in _registry_list_models() and not shipped:
+        raise KeyError(f"unknown model {name!r}{suggest(name, _registry_list_models() + available_weights())}; "
+                       "see `rtseg models` and `rtseg weights`")
+    if pretrained is False or pretrained is None:
+        if shipped:  # the architecture of those weights, untrained
+            rec_kw = dict(load_checkpoint(resolve_weights(name))["model_kwargs"])
+            if num_classes is not None:
+                rec_kw["num_classes"] = num_classes
+            return _registry_create_model(index[name]["model"], **{**rec_kw, **kwargs})
+        return _registry_create_model(name, num_classes=19 if num_classes is None else num_classes, **kwargs)
+    if pretrained is True:
+        weights = name if shipped else default_weights(name)
+        if weights is None:
+            have = ", ".join(available_weights()) or "none"
+            raise FileNotFoundError(f"no shipped weights for {name!r} (shipped: {have}); pass pretrained=<checkpoint>")
+    elif isinstance(pretrained, (str, os.PathLike)):
+        weights = pretrained
+    else:
+        raise TypeError(f"pretrained must be a bool, a shipped weights name or a checkpoint path, got {pretrained!r}")
+    model = load_model(weights)
+    arch = index[name]["model"] if shipped else name
+    if model.rtseg_name != arch:
+        raise ValueError(f"weights {weights!r} are a {model.rtseg_name!r} model, not {arch!r}")
+    have_kw = dict(model.rtseg_kwargs)
+    want = dict(kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
+    clash = {k: (v, have_kw.get(k)) for k, v in want.items() if have_kw.get(k) != v}
+    if clash:
+        detail = ", ".join(f"{k}={v!r} (weights: {h!r})" for k, (v, h) in clash.items())
+        raise ValueError(f"weights {weights!r} do not fit {detail}; to train on other classes from them use "
+                         f"`rtseg train init={weights} ...`")
+    return model

@@ -15,6 +15,8 @@ import sys
 
 from rtseg._version import __version__
 from rtseg.cli._common import UsageError, parse_size
+from rtseg.utils.deps import MissingDependency
+from rtseg.utils.logs import quiet_third_party
 
 __all__ = ["COMMAND_MODULES", "UsageError", "build_parser", "main", "parse_size"]
 
@@ -37,6 +39,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rtseg", description="Real-time semantic segmentation toolkit.")
     parser.add_argument("--version", action="version", version=f"rtseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="let third-party libraries (NNCF, OpenVINO, ONNX) log at INFO and draw their own bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for mod in COMMAND_MODULES:
@@ -47,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_third_party(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, OSError, KeyError, ValueError) as e:  # CheckpointError/ConfigError are ValueErrors
+    except (UsageError, OSError, KeyError, ValueError, MissingDependency) as e:  # CheckpointError: ValueError
         if os.environ.get("RTSEG_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

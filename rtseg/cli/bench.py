@@ -8,6 +8,7 @@ import sys
 
 from rtseg.bench import benchmark, machine_info, markdown_table, to_json
 from rtseg.cli._common import UsageError, parse_size
+from rtseg.utils.deps import require_runtime
 from rtseg.utils.io import atomic_write_text
 
 
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     sizes = args.size or [(512, 1024)]
     configs = [(b, p) for b in (args.backend or ["torch", "onnxruntime", "openvino"])
                for p in (args.precision or ["fp32"])]
+    if args.backend:  # asked for by name: missing packages fail now (the default set skips them with a line)
+        for b, p in configs:
+            require_runtime(b, p)
     quiet = args.json_out == "-"
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
     if not quiet:

@@ -7,6 +7,7 @@ import argparse
 from rtseg.cli._common import UsageError
 from rtseg.eval.loop import evaluate
 from rtseg.eval.metrics import format_table
+from rtseg.utils.deps import require
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.plots:  # before the evaluation, not after it
+        require("matplotlib", "plots", "eval --plots")
     res = evaluate(
         args.weights,
         dataset=args.dataset,

@@ -9,6 +9,7 @@ from rtseg.checkpoint import load_model
 from rtseg.cli._common import UsageError, parse_size
 from rtseg.export import ExportError, export
 from rtseg.models._registry import create_model, list_models, model_info
+from rtseg.utils.deps import require_export
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def load_weights_or_model(spec: str, num_classes: int = 19):
 
 
 def run(args: argparse.Namespace) -> int:
+    require_export(args.format)  # before the model is loaded
     model = load_weights_or_model(args.weights, args.num_classes)
     size = args.size or tuple(model_info(model.rtseg_name).default_size)
     try:

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from rtseg._version import __version__
 from rtseg.checkpoint import convert_file, load_model, save_model
 from rtseg.cli._common import UsageError, parse_size
+from rtseg.data.base import cache_dir
 from rtseg.eval.profiler import count_flops, count_params, profile_model
+from rtseg.hub import available_weights, weights_info
 from rtseg.models import create_model, list_models, model_info
+from rtseg.models._registry import suggest
 from rtseg.nn.grouping import convert_to_deploy, masked_convs
+from rtseg.utils.io import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=19)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (used for the README)")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.add_argument("--no-cache", action="store_true", help="recount every model (counts are cached per source version)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("profile", help="params, MACs, FLOPs, peak activation memory and eager latency of a model")
-    p.add_argument("model", help="registered model name or an rtseg checkpoint path")
+    p.add_argument("model", help="registered model name, shipped weights (enet_camvid) or an rtseg checkpoint path")
     p.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the model's default size)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--num-classes", type=int, default=19)
@@ -67,23 +77,61 @@ def _fmt_published(pub: dict) -> str:
     return " ".join(bits)
 
 
-def model_rows(pattern: str = "*", size: tuple[int, int] = (512, 1024), num_classes: int = 19) -> list[dict]:
-    """One row per registered model: params, MACs, FLOPs at ``size`` and the paper's numbers."""
+def _fingerprint() -> str:
+    """Changes whenever a model's structure or the counting could: rtseg/torch versions and the sources of
+    the model families, model surgery and the profiler."""
+    h = hashlib.sha1(f"{__version__}|{torch.__version__}".encode())
+    pkg = Path(__file__).resolve().parents[1]
+    for f in sorted([*(pkg / "models").glob("*.py"), *(pkg / "nn").glob("*.py"), pkg / "eval" / "profiler.py"]):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _counts(name: str, size: tuple[int, int], num_classes: int, cache: dict[str, Any]) -> dict[str, int]:
+    key = f"{name}|{size[0]}x{size[1]}|{num_classes}"
+    if key not in cache:
+        m = create_model(name, num_classes=num_classes)
+        fl = count_flops(m, size)
+        cache[key] = {"params": count_params(m), "macs": int(fl["macs"]), "flops": int(fl["flops"])}
+    return cache[key]
+
+
+def model_rows(pattern: str = "*", size: tuple[int, int] = (512, 1024), num_classes: int = 19,
+               use_cache: bool = True) -> list[dict]:
+    """One row per registered model: params, MACs, FLOPs at ``size`` and the paper's numbers.
+
+    Building and counting all models takes ~20 s, so the counts are cached in
+    ``cache_dir()/model_counts-<fingerprint>.json``; the fingerprint covers every source file a count
+    depends on, so an edited model is recounted, never served stale.
+    """
+    path = cache_dir() / f"model_counts-{_fingerprint()}.json"
+    cache: dict[str, Any] = {}
+    if use_cache and path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+    before = len(cache)
     rows = []
     for name in list_models(pattern):
         info = model_info(name)
-        m = create_model(name, num_classes=num_classes)
-        fl = count_flops(m, size)
+        c = _counts(name, tuple(size), num_classes, cache)
         rows.append({
-            "name": name, "family": info.family, "params": count_params(m), "macs": fl["macs"],
-            "flops": fl["flops"], "size": list(size), "exportable": info.exportable,
+            "name": name, "family": info.family, "params": c["params"], "macs": c["macs"],
+            "flops": c["flops"], "size": list(size), "exportable": info.exportable,
             "published": info.published, "published_str": _fmt_published(info.published),
         })
+    if use_cache and len(cache) > before:
+        try:
+            atomic_write_text(path, json.dumps(cache, sort_keys=True))
+        except OSError:  # a read-only home: the counts are still right, only not kept
+            pass
     return rows
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    rows = model_rows(args.pattern, args.size, args.num_classes)
+    rows = model_rows(args.pattern, args.size, args.num_classes, use_cache=not args.no_cache)
     if not rows:
         raise UsageError(f"no model matches {args.pattern!r}")
     if args.json:
@@ -109,9 +157,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    if Path(args.model).suffix in {".pt", ".pth"} or Path(args.model).exists():
-        model = load_model(args.model)
-        size = args.size or tuple(model_info(model.rtseg_name).default_size)
+    if args.model not in list_models() and not Path(args.model).exists() and args.model not in available_weights():
+        raise UsageError(f"unknown model, checkpoint or shipped weights {args.model!r}"
+                         f"{suggest(args.model, list_models() + available_weights())}; see `rtseg models`, "
+                         "`rtseg weights`")
+    if Path(args.model).suffix in {".pt", ".pth"} or Path(args.model).exists() or args.model not in list_models():
+        model = load_model(args.model)  # a checkpoint path or shipped weights by name (enet_camvid)
+        size = args.size or _weights_size(args.model, model)
     else:
         size = args.size or tuple(model_info(args.model).default_size)
         model = args.model
@@ -134,6 +186,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"latency      {lat['median_ms']:.2f} ms median, p90 {lat['p90_ms']:.2f} ms, min {lat['min_ms']:.2f} ms "
               f"({lat['runs']} runs, {lat['threads']} threads, eager fp32) -> {1000 / lat['median_ms']:.1f} FPS")
     return 0
+
+
+def _weights_size(arg: str, model: object) -> tuple[int, int]:
+    """Default profile size of loaded weights: the size shipped weights were measured at, else the model's."""
+    try:
+        rec = weights_info(arg) if arg in available_weights() else {}
+    except (FileNotFoundError, ValueError):
+        rec = {}
+    size = rec.get("macs_size")
+    return tuple(size) if size else tuple(model_info(model.rtseg_name).default_size)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rtseg.cli._common import UsageError, parse_size
-from rtseg.predict import predict
+from rtseg.predict import VIDEO_SUFFIXES, predict
+from rtseg.utils.deps import require, require_runtime
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.precision == "int8" and args.calib is None:
         raise UsageError("--precision int8 needs --calib (a folder or glob of training images)")
+    require_runtime(args.backend, args.precision)  # before any model is built or exported
+    if any(Path(s).suffix.lower() in VIDEO_SUFFIXES or s.isdigit() for s in map(str, args.sources)):
+        require("av", "video", "video and camera input")
     kw = {"threads": args.threads, "graph_argmax": args.graph_argmax}
     if args.calib is not None:
         kw.update(calibration=args.calib, calibration_size=args.calib_count)

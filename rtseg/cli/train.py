@@ -57,6 +57,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--resume continues RUN_DIR with its own config; do not pass --config as well")
     result = train(args.config, resume=args.resume, **overrides)
     miou = result["best_miou"]
-    best = f"best val mIoU {miou:.4f} (epoch {result['best_epoch']})" if miou is not None else "no validation"
+    best = f"best val mIoU {100 * miou:.2f}% (epoch {result['best_epoch']})" if miou is not None else "no validation"
     print(f"done: {best}; best checkpoint {result['best_checkpoint']}; run folder {result['run_dir']}")
     return 0

@@ -12,7 +12,6 @@ close-match suggestion.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import json
@@ -292,13 +291,23 @@ def coerce(key: str, value: Any, tp: Any = None) -> Any:
             return tuple(coerce(key, v, a) for v, a in zip(items, args))
         if tp is dict or origin is dict:
             if isinstance(value, str):
-                value = ast.literal_eval(value.strip() or "{}")  # literals only: never eval
+                value = _yaml_value(value)  # as in the recipe files: {size: [96, 128]}
             return dict(_exact(value, dict))
     except (ValueError, TypeError, SyntaxError):
         pass
     else:
         raise ConfigError(f"{key}: unsupported field type {tp!r}")
     raise ConfigError(f"{key}: cannot read {value!r} as {_type_name(tp)}")
+
+
+def _yaml_value(text: str) -> Any:
+    """A ``key=value`` override's value read the way the YAML recipes are (``{size: [96, 128]}``)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text.strip() or "{}")
+    except yaml.YAMLError as e:
+        raise ValueError(str(e).strip().splitlines()[0]) from None
 
 
 def _exact(value: Any, types_: Any) -> Any:
@@ -316,7 +325,7 @@ def _type_name(tp: Any) -> str:
             return "HxW (e.g. 360x480)"
         return f"{len(args)} comma-separated values"
     if tp is dict:
-        return "a dict literal (e.g. \"{'groups': 2}\")"
+        return "a YAML mapping (e.g. \"{groups: 2}\" or \"{size: [96, 128]}\")"
     return getattr(tp, "__name__", str(tp))
 
 

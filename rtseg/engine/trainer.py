@@ -555,7 +555,8 @@ def _end_epoch(run: _Run, stage: _Stage, epoch: int, ep: _Epoch) -> bool:
     if not d.main:
         return run.stopped is not None
     if cfg.progress:
-        miou = "" if metrics is None else f" val mIoU {metrics['miou']:.4f}"
+        # percent, as eval and report print it (metrics.jsonl keeps the fraction: val_miou)
+        miou = "" if metrics is None else f" val mIoU {100 * metrics['miou']:.1f}%"
         print(f"[{stage.name} {epoch + 1}/{stage.n_epochs}] loss {ep.loss:.4f}{miou} "
               f"lr {record['lr']:.2e} {record['img_per_s']:.1f} img/s{' *' if improved else ''}")
     with open(run.run_dir / "metrics.jsonl", "a") as f:

@@ -25,7 +25,7 @@ from rtseg.data.base import SegDataset
 from rtseg.data.cityscapes import Cityscapes
 from rtseg.data.registry import build_dataset
 from rtseg.data.transforms import downsample_label
-from rtseg.eval.metrics import CityscapesMetrics, SegMetrics, save_plots, to_jsonable
+from rtseg.eval.metrics import CityscapesMetrics, SegMetrics, pyplot, save_plots, to_jsonable
 from rtseg.utils.io import atomic_write_text
 from rtseg.utils.progress import tqdm
 
@@ -197,6 +197,8 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if plots_dir is not None:
+        pyplot()  # a missing matplotlib fails now, not after the whole evaluation
     model, weights, ds = _resolve(model_or_weights, dataset, root, split, dev, dataset_kw)
     is_cs = isinstance(ds, Cityscapes)
     metrics = CityscapesMetrics(ds.ignore_index) if is_cs else SegMetrics(ds.num_classes, ds.ignore_index,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from rtseg.data.base import IGNORE_INDEX
 from rtseg.data.cityscapes import cityscapes_meta
+from rtseg.utils.deps import require
 from rtseg.utils.io import atomic_open
 
 __all__ = [
@@ -410,13 +411,10 @@ def format_table(results: dict[str, Any], title: str | None = None) -> str:
 
 
 def pyplot() -> Any:
-    try:
-        import matplotlib
+    matplotlib = require("matplotlib", "plots", "plots")
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError("plots need matplotlib: pip install rtseg[plots]") from e
     return plt
 
 

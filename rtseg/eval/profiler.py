@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from rtseg.models import create_model
+from rtseg.checkpoint import load_model
+from rtseg.models import create_model, list_models
 from rtseg.utils.timing import time_calls
 
 __all__ = ["Profile", "count_params", "count_flops", "peak_activation_bytes", "measure_latency", "profile_model"]
@@ -143,10 +145,16 @@ class Profile:
 def profile_model(model: nn.Module | str, size: tuple[int, int] = (512, 1024), batch: int = 1,
                   num_classes: int = 19, latency: bool = True, memory: bool = True, warmup: int = 3,
                   runs: int = 10, threads: int | None = None) -> Profile:
-    """Params, MACs, FLOPs, peak activation memory and median eager latency of a model (or registry name)."""
+    """Params, MACs, FLOPs, peak activation memory and median eager latency of a model.
+
+    ``model``: an ``nn.Module``, a registry name (built with ``num_classes``), or weights -- shipped weights by
+    name (``"enet_camvid"``) or an rtseg checkpoint path (their own class count; ``num_classes`` is ignored).
+    """
     name = model if isinstance(model, str) else getattr(model, "rtseg_name", type(model).__name__)
-    if isinstance(model, str):
-        model = create_model(model, num_classes=num_classes)
+    if isinstance(model, (str, os.PathLike)):
+        name = str(model)
+        model = (create_model(name, num_classes=num_classes) if name in list_models() and not Path(name).exists()
+                 else load_model(model))
     model.eval()
     fl = count_flops(model, size, batch)
     prof = Profile(model=name, size=tuple(size), batch=batch, params=count_params(model), macs=fl["macs"],

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from rtseg.data.base import IGNORE_INDEX
 from rtseg.utils.io import atomic_open
 
-__all__ = ["colorize", "overlay", "grid", "save_png", "save_label_png"]
+__all__ = ["add_legend", "colorize", "overlay", "grid", "save_png", "save_label_png"]
 
 VOID_COLOR = (0, 0, 0)
 
@@ -58,6 +58,44 @@ def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = No
             draw.text((pad + j * (w + pad) + 2, 2), str(t), fill=(0, 0, 0))
         out = np.asarray(img)
     return out
+
+
+def add_legend(image: np.ndarray, class_names: Sequence[str], palette: np.ndarray,
+               classes: Sequence[int] | None = None, pad: int = 4) -> np.ndarray:
+    """``image`` with a white band below it: one colour swatch and name per class, wrapped to its width.
+
+    ``classes`` picks the ids shown (e.g. those present in a prediction); default all of ``class_names``.
+    Without a legend a reader of an overlay has to know the palette by heart.
+    """
+    image = np.asarray(image, np.uint8)
+    palette = np.asarray(palette, np.uint8)
+    ids = [int(c) for c in (range(len(class_names)) if classes is None else classes)
+           if 0 <= int(c) < min(len(class_names), len(palette))]
+    if not ids:
+        return image
+    h, w = image.shape[:2]
+    sw, line = 10, 14  # swatch side and line height (PIL's default bitmap font is ~11 px tall)
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = [(c, str(class_names[c]), sw + 4 + int(draw_probe.textlength(str(class_names[c])))) for c in ids]
+    rows: list[list[tuple[int, str, int]]] = [[]]
+    x = pad
+    for e in entries:  # greedy wrap
+        if rows[-1] and x + e[2] > w - pad:
+            rows.append([])
+            x = pad
+        rows[-1].append(e)
+        x += e[2] + 3 * pad
+    band = np.full((len(rows) * line + 2 * pad, w, 3), 255, np.uint8)
+    img = Image.fromarray(np.concatenate([image, band], axis=0))
+    draw = ImageDraw.Draw(img)
+    for r, row in enumerate(rows):
+        y = h + pad + r * line
+        x = pad
+        for c, name, width in row:
+            draw.rectangle([x, y + 1, x + sw - 1, y + sw], fill=tuple(int(v) for v in palette[c]), outline=(0, 0, 0))
+            draw.text((x + sw + 4, y), name, fill=(0, 0, 0))
+            x += width + 3 * pad
+    return np.asarray(img)
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:

@@ -37,6 +37,7 @@ from rtseg.reporting.figures import colors, write_figures
 from rtseg.reporting.measure import BACKENDS, Entry, measure, ort_available
 from rtseg.reporting.page import fmt, lat_cell, markdown, render_html
 from rtseg.reporting.sources import Source, assign_labels, dataset_spec, group_labels, resolve_source
+from rtseg.utils.deps import require_runtime
 from rtseg.utils.io import atomic_write_text
 from rtseg.utils.machine import machine_info
 
@@ -158,7 +159,7 @@ def _check_args(runs: list, latency_runs: int, warmup: int, samples: int, max_im
         if b not in BACKENDS:
             raise ValueError(f"unknown latency backend {b!r}; choose from {', '.join(BACKENDS)}")
     if "onnxruntime" in backends and not ort_available():
-        raise ValueError("backend 'onnxruntime' needs onnxruntime: pip install 'rtseg[deploy]'")
+        require_runtime("onnxruntime")  # MissingDependency naming the extra
     pyplot()  # fail before any slow work when matplotlib is missing
     return backends
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from rtseg.eval.metrics import pyplot, save_figure
-from rtseg.eval.visualize import colorize, grid, save_png
+from rtseg.eval.visualize import add_legend, colorize, grid, save_png
 from rtseg.reporting.measure import Entry
 from rtseg.reporting.sources import slug
 
@@ -228,8 +228,10 @@ def _fit(panel: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
 
 
 def _fig_qualitative(entries: list[Entry], images: list[np.ndarray], labels: list[np.ndarray],
-                     palette: np.ndarray, ignore_index: int, path: Path) -> Path:
-    """Rows = images; columns = image, ground truth, each model's prediction (thesis Fig. 3.11).
+                     palette: np.ndarray, ignore_index: int, path: Path,
+                     class_names: list[str] | None = None) -> Path:
+    """Rows = images; columns = image, ground truth, each model's prediction (thesis Fig. 3.11), and a
+    class legend below them (the PNG is often looked at without the page around it).
 
     Panels share one size (that of the first label map, scaled): tiny images are enlarged by an integer
     factor so their pixels stay crisp, large ones shrunk so the grid stays about 2000 px wide.
@@ -250,7 +252,8 @@ def _fig_qualitative(entries: list[Entry], images: list[np.ndarray], labels: lis
         return t if len(t) <= chars else t[: chars - 1] + "~"
 
     titles = ["image", "ground truth"] + [title(e.source.label) for e in entries]
-    return save_png(grid(rows, titles=titles), path)
+    panel = grid(rows, titles=titles)
+    return save_png(add_legend(panel, class_names, palette) if class_names else panel, path)
 
 
 def write_figures(entries: list[Entry], datasets: dict[str, Any], out: Path
@@ -279,7 +282,7 @@ def write_figures(entries: list[Entry], datasets: dict[str, Any], out: Path
             pairs = [ds[i] for i in picks]
             figs["qualitative"][group] = rel(_fig_qualitative(
                 members, [p[0] for p in pairs], [p[1] for p in pairs], ds.palette, ds.ignore_index,
-                out / f"qualitative{suffix(gi)}.png"))
+                out / f"qualitative{suffix(gi)}.png", class_names=list(ds.class_names)))
             palettes[group] = (list(ds.class_names), np.asarray(ds.palette, np.uint8))
     used: set[str] = set()
     for e in entries:

@@ -17,7 +17,8 @@ from typing import Any
 from rtseg.checkpoint import load_checkpoint
 from rtseg.hub import WEIGHTS_DIR, resolve_weights, weights_info
 
-__all__ = ["Source", "assign_labels", "dataset_spec", "group_labels", "read_log", "resolve_source", "slug"]
+__all__ = ["Source", "assign_labels", "dataset_spec", "group_labels", "read_log", "recorded_root", "resolve_source",
+           "slug"]
 
 
 @dataclass
@@ -120,12 +121,45 @@ def dataset_spec(meta: dict[str, Any], ckpt: Path, dataset: str | None, root: st
     same = trained_on is not None and name.lower() == str(trained_on).lower()
     kw = dict(cfg.get("dataset_kwargs") or {}) if same else {}
     kw.update(dataset_kwargs or {})
+    if root is None and same and cfg.get("root"):
+        root = recorded_root(str(cfg["root"]), ckpt, cfg.get("out"), name)
     return {
         "name": name,
-        "root": str(root) if root is not None else (cfg.get("root") if same else None),
+        "root": str(root) if root is not None else None,
         "split": split or (cfg.get("val_split") if same else None) or "val",
         "kwargs": kw,
     }
+
+
+def recorded_root(recorded: str, ckpt: Path, out: str | None, dataset: str) -> Path:
+    """The data folder a checkpoint recorded at training time, found from here; ``ValueError`` naming ``--root``.
+
+    A relative root (``root=../shared/data/camvid``) is relative to the folder training ran in, which is
+    rarely today's working directory. Tried in order: as given (from here); from the training folder
+    (the checkpoint's run folder minus its recorded ``out``, or the source tree for shipped weights);
+    ``$RTSEG_DATA/<dataset>``.
+    """
+    rec = Path(recorded).expanduser()
+    cands = [rec]
+    if not rec.is_absolute():
+        run_dir = ckpt.resolve().parent
+        if ckpt.resolve().parent == WEIGHTS_DIR.resolve():
+            cands.append(WEIGHTS_DIR.resolve().parents[1] / rec)  # shipped: trained in the source tree
+        elif out and not Path(out).is_absolute():
+            tail = Path(out).parts
+            if tail and run_dir.parts[-len(tail):] == tail:
+                cands.append(Path(*run_dir.parts[: -len(tail)]) / rec)
+            cands.append(run_dir.parent.parent / rec)  # the usual runs/<name> layout
+    env = os.environ.get("RTSEG_DATA")
+    if env:
+        cands.append(Path(env) / dataset)
+    for c in cands:
+        if c.is_dir():
+            return c
+    hint = "" if env else f" or set RTSEG_DATA to a folder holding {dataset}/"
+    raise ValueError(f"{ckpt}: the data root recorded at training time, {recorded!r}, is not found from "
+                     f"{Path.cwd()} (tried {', '.join(str(c) for c in dict.fromkeys(cands))}); "
+                     f"pass --root DIR (report(..., root=DIR)){hint}")
 
 
 def group_labels(keys: Sequence[str]) -> dict[str, str]:

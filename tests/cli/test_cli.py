@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,9 @@ def test_demo_quick(tmp_path, capsys):
     assert (tmp_path / "demo" / "overlays.png").stat().st_size > 0
     assert (tmp_path / "demo" / "train" / "best.pt").is_file()
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
+    if summary["camvid_frame"] is not None:  # ../shared or RTSEG_DATA has CamVid: the shipped model on a real frame
+        assert Path(summary["camvid_frame"]["overlay"]).is_file()
+        assert abs(sum(summary["camvid_frame"]["shares_fraction"].values()) - 1) < 1e-6
 
 
 def test_readme_model_table_is_generated_from_registry():

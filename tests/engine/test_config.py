@@ -126,6 +126,11 @@ def test_shipped_recipes_load_and_name_real_models_and_datasets(recipe: str) -> 
     c = load_config(CONFIGS / recipe)
     assert c.model in list_models(), f"{recipe}: model {c.model!r} is not registered"
     assert c.dataset in list_datasets(), f"{recipe}: dataset {c.dataset!r} is unknown"
+    if recipe == "synthetic_demo.yaml":  # the few-minute demo deviates on purpose (why: rtseg/demo.py)
+        from rtseg.demo import DEMO_RECIPE
+
+        assert c == load_config(DEMO_RECIPE, [f"out={c.out}"]), "configs/synthetic_demo.yaml != DEMO_RECIPE"
+        return
     # the papers' weight decay, except the recipes of the ESSNet author's released code (DG_main.py: 1e-4)
     released_code = recipe in ("essnet_dg_cityscapes.yaml", "essnet_d_cityscapes.yaml")
     assert c.lr == 5e-4 and c.weight_decay == (1e-4 if released_code else 2e-4) and c.optimizer == "adam"
