@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "rtseg._cli.demo",
     "rtseg._cli.report",
     "rtseg._cli.export", "rtseg._cli.predict", "rtseg._cli.bench", "rtseg._cli.weights",
+    "rtseg._cli.serve",
 ]
 
 
