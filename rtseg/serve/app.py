@@ -473,6 +473,6 @@ def serve(weights: Any, backend: str = "torch", precision: str = "fp32", size: t
     i = app.state.segmenter.info()
     print(f"rtseg serve: http://{shown}:{bound}/ ({i['model']}, {seg.backend}/{seg.precision}, "
           f"built in {i['build_s']} s; API docs /docs; Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(app, log_level=log_level, ws="websockets", ws_max_size=max_upload_bytes + 4,
+    config = uvicorn.Config(app, log_level=log_level, ws="auto", ws_max_size=max_upload_bytes + 4,
                             timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
