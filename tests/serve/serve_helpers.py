@@ -147,3 +147,31 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def write_y4m(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 10) -> Path:
+    """Write ``H x W x 3`` uint8 RGB frames as an uncompressed YUV4MPEG2 clip (4:2:0; what Chromium's fake
+    camera reads with ``--use-file-for-fake-video-capture``; no ffmpeg needed)."""
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f"4:2:0 needs even frame sizes, got {w}x{h}")
+    path = Path(path)
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            y, cb, cr = Image.fromarray(rgb).convert("YCbCr").split()
+            f.write(b"FRAME\n")
+            f.write(y.tobytes())
+            for plane in (cb, cr):
+                f.write(plane.resize((w // 2, h // 2), Image.BILINEAR).tobytes())
+    return path
+
+
+def find_chromium() -> tuple[str, str] | None:
+    """(chromium binary, chromedriver) from the Debian packages, or None when not installed."""
+    import shutil
+
+    browser = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
+    driver = next((p for p in (shutil.which("chromedriver"), "/usr/lib/chromium/chromedriver")
+                   if p and Path(p).is_file()), None)
+    return (browser, driver) if browser and driver else None

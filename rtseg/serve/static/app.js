@@ -227,6 +227,9 @@
     source = null;
     stats.source = null;
     $("stop-button").disabled = true;
+    if (inFlight) inFlight.bitmap.close(); // its result, when it comes, belongs to no source: ignored
+    inFlight = null;
+    pendingMeta = null;
     if (!s) return;
     if (s.stream) s.stream.getTracks().forEach((t) => t.stop());
     if (s.el) {
