@@ -30,7 +30,7 @@ CAMVID = len(camvid_paths(20)) == 20
 # as root in a closed network: no sandbox, and none of Chromium's own background connections
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1280,760",
+                  "--disable-dev-shm-usage", "--window-size=1280,860",
                   "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
 
