@@ -30,10 +30,9 @@ import socket
 import struct
 import threading
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
@@ -83,14 +82,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, field: str =
     if not data:
         raise ServeError(400, f"empty upload: field {field!r} holds no bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        if isinstance(e, UnidentifiedImageError):
-            raise ServeError(415, f"field {field!r} is not an image Pillow can read ({len(data)} bytes; send PNG, "
-                                  "JPEG, BMP, WebP, TIFF, ...)") from None
-        raise ServeError(413, f"image too large to decode ({e})") from None
+        im = Image.open(io.BytesIO(data))  # reads the header only: the size is known before any decoding
+    except UnidentifiedImageError:
+        raise ServeError(415, f"field {field!r} is not an image Pillow can read ({len(data)} bytes; send PNG, "
+                              "JPEG, BMP, WebP, TIFF, ...)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own guard (over 2x Image.MAX_IMAGE_PIXELS)
+        raise ServeError(413, f"image over the server's limit of {max_pixels / 1e6:.1f} Mpx (--max-megapixels): "
+                              f"{e}") from None
     except OSError as e:
         raise ServeError(400, f"field {field!r}: unreadable image ({e})") from None
     w, h = im.size
@@ -351,10 +349,10 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                          422: {"description": "bad query value or missing field"},
                          503: {"description": "queue full"}})
     async def predict(
-        file: UploadFile = File(..., description="the image (PNG, JPEG, ...), any size up to the limits"),
-        format: Literal["labels", "overlay", "json"] = Query(
-            "labels", description="labels: indexed PNG of class ids; overlay: colour blend PNG; json: shares"),
-        alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity (format=overlay)"),
+        file: Annotated[UploadFile, File(description="the image (PNG, JPEG, ...), any size up to the limits")],
+        format: Annotated[Literal["labels", "overlay", "json"], Query(
+            description="labels: indexed PNG of class ids; overlay: colour blend PNG; json: shares")] = "labels",
+        alpha: Annotated[float, Query(ge=0.0, le=1.0, description="overlay opacity (format=overlay)")] = 0.5,
     ) -> Response:
         t_start = time.perf_counter()
         data = await file.read()
@@ -470,9 +468,9 @@ def serve(weights: Any, backend: str = "torch", precision: str = "fp32", size: t
     sock.listen(128)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    i = app.state.segmenter.info()
-    print(f"rtseg serve: http://{shown}:{bound}/ ({i['model']}, {seg.backend}/{seg.precision}, "
-          f"built in {i['build_s']} s; API docs /docs; Ctrl-C stops)", flush=True)
+    name = (getattr(seg.model, "rtseg_meta", None) or {}).get("shipped_as") or seg.info()["model"]
+    print(f"rtseg serve: http://{shown}:{bound}/ ({name}, {seg.backend}/{seg.precision}, "
+          f"built in {seg.build_seconds:.1f} s; API docs /docs; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(app, log_level=log_level, ws="auto", ws_max_size=max_upload_bytes + 4,
                             timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

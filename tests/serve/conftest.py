@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("fastapi", reason="rtseg serve tests need the extra: pip install 'rtseg[serve]'")
 pytest.importorskip("httpx", reason="rtseg serve tests need httpx: pip install 'rtseg[dev]'")
 
-from serve_helpers import ARTIFACTS, ServerProcess  # noqa: E402
+from serve_helpers import ARTIFACTS, ServerProcess
 
 
 @pytest.fixture(scope="session")

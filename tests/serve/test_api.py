@@ -120,6 +120,12 @@ def _huge_png() -> bytes:  # 2000 x 1500 = 3 Mpx of zeros: a few KB on the wire
     return buf.getvalue()
 
 
+def _bomb_png() -> bytes:  # 20000 x 20000 1-bit: 400 Mpx behind ~50 kB, over Pillow's own guard too
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 BAD_INPUTS = {
     # name: (request kwargs builder, expected status, words the error must contain)
     "not an image": (lambda img: {"files": {"file": ("a.png", b"hello, world", "image/png")}}, 415, "not an image"),
@@ -128,6 +134,8 @@ BAD_INPUTS = {
                       "truncated"),
     "16-bit mode": (lambda img: {"files": {"file": ("a.png", _png16(), "image/png")}}, 415, "mode 'I;16'"),
     "too many pixels": (lambda img: {"files": {"file": ("a.png", _huge_png(), "image/png")}}, 413, "Mpx"),
+    "decompression bomb": (lambda img: {"files": {"file": ("a.png", _bomb_png(), "image/png")}}, 413,
+                           "limit of 2.0 Mpx"),
     "oversized upload": (lambda img: {"files": {"file": ("a.bin", bytes(MAX_UPLOAD + 1), "image/png")}}, 413,
                          "upload too large"),
     "oversized chunked upload": (lambda img: {"content": iter([bytes(100_000)] * 4),

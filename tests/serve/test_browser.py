@@ -21,10 +21,10 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium is not installed: apt-get install -y chromium chromium-driver "
                              "(.ci/run installs them)")
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 CAMVID = len(camvid_paths(20)) == 20
 # as root in a closed network: no sandbox, and none of Chromium's own background connections
