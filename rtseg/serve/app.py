@@ -2,7 +2,8 @@
 
 Routes:
 
-- ``GET /health``: model, classes, palette, backend, precision, input size, version, queue state.
+- ``GET /health``: model, classes, palette, backend, precision, input size, version, queue state, and the
+  live counters (open WebSockets, frames received, frames dropped).
 - ``POST /predict?format=labels|overlay|json[&alpha=0.5]`` with a multipart field ``file`` (an image):
   ``labels`` is the indexed PNG of class ids that ``rtseg predict`` writes (pixels equal to
   ``Segmenter.predict``), ``overlay`` a colour blend PNG, ``json`` per-class pixel shares and timings.
@@ -289,6 +290,7 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
     app = FastAPI(title="rtseg serve", version=rtseg.__version__, lifespan=lifespan,
                   description=f"Semantic segmentation with {model_name} ({segmenter.backend}/{segmenter.precision}).")
     app.state.worker, app.state.segmenter = worker, segmenter
+    live_totals = {"connections": 0, "frames": 0, "dropped": 0}  # WebSocket counters, shown by /health
     app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes)
 
     @app.exception_handler(ServeError)
@@ -338,7 +340,7 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                 "backend": segmenter.backend, "precision": segmenter.precision,
                 "input_size": list(segmenter.size) if segmenter.size else None, "threads": segmenter.threads,
                 "graph_argmax": segmenter.graph_argmax, "version": rtseg.__version__,
-                "queue": {"pending": worker.pending, "size": worker.queue_size},
+                "queue": {"pending": worker.pending, "size": worker.queue_size}, "live": dict(live_totals),
                 "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}}
 
     @app.post("/predict", summary="Segment one image",
@@ -389,8 +391,10 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                     data = msg.get("bytes")
                     if data is None:  # text: nothing to control yet; ignore rather than fail
                         continue
+                    live_totals["frames"] += 1
                     if latest[0] is not None:
                         stats["dropped"] += 1  # a newer frame replaces the waiting one: drop, never queue
+                        live_totals["dropped"] += 1
                     latest[0] = (data, time.perf_counter())
                     arrived.set()
             finally:
@@ -423,6 +427,7 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
             await ws.send_bytes(png)
 
         task = asyncio.create_task(reader())
+        live_totals["connections"] += 1
         try:
             while True:
                 await arrived.wait()
@@ -436,6 +441,7 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
             pass
         finally:
             task.cancel()
+            live_totals["connections"] -= 1
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

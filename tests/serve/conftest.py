@@ -1,4 +1,5 @@
-"""Fixtures of the ``rtseg serve`` tests (skipped with the install hint when the extra is missing)."""
+"""Fixtures of the ``rtseg serve`` tests. Each test module skips itself, with the install hint, when the
+``rtseg[serve]`` extra or httpx is missing; the fixtures import what they need when used."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi", reason="rtseg serve tests need the extra: pip install 'rtseg[serve]'")
-pytest.importorskip("httpx", reason="rtseg serve tests need httpx: pip install 'rtseg[dev]'")
-
-from serve_helpers import ARTIFACTS, ServerProcess
-
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     """Folder for files a test keeps for people to look at (screenshots, load-test numbers)."""
+    from .serve_helpers import ARTIFACTS
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
 
@@ -31,8 +29,10 @@ def segmenter():
 
 
 @pytest.fixture(scope="session")
-def cli_server() -> Iterator[ServerProcess]:
+def cli_server() -> Iterator:
     """A real ``rtseg serve --weights enet_camvid`` process: PyTorch, one inference thread, queue of 32."""
+    from .serve_helpers import ServerProcess
+
     server = ServerProcess("--weights", "enet_camvid", "--threads", "1", "--queue-size", "32")
     yield server
     server.close()

@@ -11,17 +11,22 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import app_server, make_frames, png_bytes
+
+pytest.importorskip("fastapi", reason="rtseg serve tests need the extra: pip install 'rtseg[serve]'")
+pytest.importorskip("httpx", reason="rtseg serve tests need httpx: pip install 'rtseg[dev]'")
+
+import httpx
 
 import rtseg
 from rtseg.cli import main
 from rtseg.predict import palette_for
 from rtseg.serve import create_app
 from rtseg.visualize import overlay
+
+from .serve_helpers import app_server, make_frames, png_bytes
 
 MAX_UPLOAD = 300_000
 MAX_PIXELS = 2_000_000
@@ -52,6 +57,7 @@ def test_health_describes_the_model(server, segmenter):
     assert (h["backend"], h["precision"], h["input_size"]) == ("torch", "fp32", None)
     assert h["version"] == rtseg.__version__
     assert h["queue"] == {"pending": 0, "size": 4}
+    assert h["live"] == {"connections": 0, "frames": 0, "dropped": 0}
     assert h["limits"] == {"max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS}
 
 
@@ -228,20 +234,28 @@ def test_websocket_keeps_only_the_newest_frame(segmenter, image):
     app = create_app(gated)
     frames = make_frames(5, 90, 120)
     with app_server(app) as url, connect(url.replace("http", "ws") + "/ws") as ws:
-        for i, f in enumerate(frames, 1):  # frame 1 goes to the model; 2..5 arrive while it is busy
+        for i, f in enumerate(frames, 1):  # the first frame the server takes blocks in the model
             ws.send(struct.pack(">I", i) + png_bytes(f))
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while (live := httpx.get(url + "/health").json()["live"])["frames"] < 5:
+            assert time.monotonic() < deadline, f"the server never received the 5 frames: {live}"
+            time.sleep(0.05)
+        # one frame went to the (blocked) model; of those that came after it only the newest waits: 3 dropped
+        # (4 if the server read all five before taking one)
+        assert live["connections"] == 1 and live["dropped"] in (3, 4)
         gated.gate.set()
-        first = json.loads(ws.recv(timeout=30))
-        first_png = ws.recv(timeout=30)
-        second = json.loads(ws.recv(timeout=30))
-        second_png = ws.recv(timeout=30)
-        assert (first["id"], second["id"]) == (1, 5)  # 2, 3, 4 dropped, not queued
-        assert second["dropped"] == 3
-        assert (second["width"], second["height"]) == (120, 90)
-        assert sum(second["shares"]) == pytest.approx(1.0, abs=1e-4)
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(first_png))), segmenter.predict(frames[0]))
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(second_png))), segmenter.predict(frames[4]))
+        answers = []
+        while not answers or answers[-1][0]["id"] != 5:
+            meta = json.loads(ws.recv(timeout=30))
+            answers.append((meta, np.asarray(Image.open(io.BytesIO(ws.recv(timeout=30))))))
+        assert len(answers) == 5 - live["dropped"]  # never queued: at most the running frame and the newest
+        assert [m["id"] for m, _ in answers] == sorted(m["id"] for m, _ in answers)
+        meta = answers[-1][0]
+        assert meta["dropped"] == live["dropped"]
+        assert (meta["width"], meta["height"]) == (120, 90)
+        assert sum(meta["shares"]) == pytest.approx(1.0, abs=1e-4)
+        for m, lab in answers:
+            np.testing.assert_array_equal(lab, segmenter.predict(frames[m["id"] - 1]))
         # bad frames get an error message and the socket stays usable
         ws.send(b"\x00\x01")
         assert "4-byte big-endian frame id" in json.loads(ws.recv(timeout=30))["error"]
@@ -251,7 +265,7 @@ def test_websocket_keeps_only_the_newest_frame(segmenter, image):
         ws.send(struct.pack(">I", 10) + png_bytes(frames[1]))
         assert json.loads(ws.recv(timeout=30))["id"] == 10
         assert isinstance(ws.recv(timeout=30), bytes)
-    assert gated.calls == 3  # frames 1, 5 and 10
+    assert gated.calls == len(answers) + 1  # the answered frames and frame 10
 
 
 def test_cli_names_the_extra_before_loading(monkeypatch, capsys):

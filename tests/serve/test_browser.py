@@ -13,18 +13,22 @@ import tempfile
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import camvid_paths, find_chromium, make_frames, png_bytes, write_y4m
 
+pytest.importorskip("fastapi", reason="rtseg serve tests need the extra: pip install 'rtseg[serve]'")
+pytest.importorskip("httpx", reason="rtseg serve tests need httpx: pip install 'rtseg[dev]'")
 selenium = pytest.importorskip("selenium", reason="the browser test needs selenium: pip install 'rtseg[dev]'")
-CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium is not installed: apt-get install -y chromium chromium-driver "
-                             "(.ci/run installs them)")
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+
+from .serve_helpers import camvid_paths, find_chromium, make_frames, png_bytes, write_y4m
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed: apt-get install -y chromium chromium-driver "
+                             "(.ci/run installs them)")
 
 CAMVID = len(camvid_paths(20)) == 20
 # as root in a closed network: no sandbox, and none of Chromium's own background connections

@@ -9,10 +9,16 @@ import io
 import json
 import time
 
-import httpx
 import numpy as np
+import pytest
 from PIL import Image
-from serve_helpers import make_frames, png_bytes
+
+pytest.importorskip("fastapi", reason="rtseg serve tests need the extra: pip install 'rtseg[serve]'")
+pytest.importorskip("httpx", reason="rtseg serve tests need httpx: pip install 'rtseg[dev]'")
+
+import httpx
+
+from .serve_helpers import make_frames, png_bytes
 
 CLIENTS = 50
 REQUESTS = 500
