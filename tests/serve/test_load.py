@@ -1,6 +1,7 @@
 """``rtseg serve`` under load, on 127.0.0.1 only: 50 concurrent clients until 500 requests are served, bounded in
 time. Every answer is 200 with the labels of *that* request's image, or 503 (queue full; the client waits the
-Retry-After and tries again); the server's memory does not grow over the 500 served requests. p50 / p95 latency go to test-artifacts/serve/load.json (and stdout)."""
+Retry-After and tries again); the server's memory does not grow over the 500 served requests. p50 / p95
+latency go to test-artifacts/serve/load_HxW.json (and stdout). The 360x480 variant is marked slow."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ from .serve_helpers import make_frames, png_bytes
 CLIENTS = 50
 REQUESTS = 500
 WARMUP = 50
-SIZE = (72, 96)  # small frames: the test is about the server's queueing, not the model's speed
-TIME_LIMIT_S = 150
+SIZES = [  # (H, W), time limit in s. Small frames: the default test is about the server's queueing, not the model
+    pytest.param((72, 96), 150, id="72x96"),
+    pytest.param((360, 480), 900, id="360x480", marks=pytest.mark.slow),  # CamVid's own size: minutes on 1 thread
+]
 MAX_RSS_GROWTH = 24 * 2**20
 
 
-async def _load(url: str, bodies: list[bytes], n: int, clients: int) -> list[tuple[int, int, float, bytes]]:
+async def _load(url: str, bodies: list[bytes], n: int, clients: int,
+                time_limit: float) -> list[tuple[int, int, float, bytes]]:
     """``clients`` concurrent clients send until ``n`` requests are served (200); a 503 is retried after its
     Retry-After. -> every answer as (status, image index, seconds, body)."""
     left = [n]
@@ -49,7 +53,7 @@ async def _load(url: str, bodies: list[bytes], n: int, clients: int) -> list[tup
                 await asyncio.sleep(float(r.headers["retry-after"]))
 
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        await asyncio.wait_for(asyncio.gather(*(client(k, http) for k in range(clients))), TIME_LIMIT_S)
+        await asyncio.wait_for(asyncio.gather(*(client(k, http) for k in range(clients))), time_limit)
     return out
 
 
@@ -57,15 +61,16 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3 if values else float("nan")
 
 
-def test_fifty_clients_all_succeed_or_get_503_without_memory_growth(cli_server, segmenter, artifacts):
-    frames = make_frames(5, *SIZE)
+@pytest.mark.parametrize("size, time_limit", SIZES)
+def test_fifty_clients_all_succeed_or_get_503_without_memory_growth(cli_server, segmenter, artifacts, size, time_limit):
+    frames = make_frames(5, *size)
     bodies = [png_bytes(f) for f in frames]
     expected = [segmenter.predict(f) for f in frames]
-    warm = asyncio.run(_load(cli_server.url, bodies, WARMUP, CLIENTS))  # threadpools, allocator arenas
+    warm = asyncio.run(_load(cli_server.url, bodies, WARMUP, CLIENTS, time_limit))  # threadpools, allocator arenas
     assert {s for s, *_ in warm} <= {200, 503}
     rss0 = cli_server.rss_bytes()
     t0 = time.perf_counter()
-    answers = asyncio.run(_load(cli_server.url, bodies, REQUESTS, CLIENTS))
+    answers = asyncio.run(_load(cli_server.url, bodies, REQUESTS, CLIENTS, time_limit))
     wall = time.perf_counter() - t0
     rss1 = cli_server.rss_bytes()
 
@@ -82,9 +87,9 @@ def test_fifty_clients_all_succeed_or_get_503_without_memory_growth(cli_server, 
 
     lat = [dt for _, dt, _ in ok]
     report = {"clients": CLIENTS, "served": len(ok), "busy_503": len(busy),
-              "image": f"{SIZE[0]}x{SIZE[1]}", "wall_s": round(wall, 2), "ok_per_s": round(len(ok) / wall, 1),
+              "image": f"{size[0]}x{size[1]}", "wall_s": round(wall, 2), "ok_per_s": round(len(ok) / wall, 1),
               "p50_ms": round(_pct(lat, 50), 1), "p95_ms": round(_pct(lat, 95), 1),
               "rss_before_mib": round(rss0 / 2**20, 1), "rss_after_mib": round(rss1 / 2**20, 1)}
-    (artifacts / "load.json").write_text(json.dumps(report, indent=2) + "\n")
+    (artifacts / f"load_{size[0]}x{size[1]}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nrtseg serve load: {report}")
     assert rss1 - rss0 < MAX_RSS_GROWTH, f"server memory grew {(rss1 - rss0) / 2**20:.1f} MiB over {REQUESTS} requests"
