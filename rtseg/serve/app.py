@@ -39,7 +39,7 @@ import numpy as np
 
 try:
     import uvicorn
-    from fastapi import FastAPI, File, Query, UploadFile, WebSocket, WebSocketDisconnect
+    from fastapi import FastAPI, File, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -351,12 +351,16 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                          422: {"description": "bad query value or missing field"},
                          503: {"description": "queue full"}})
     async def predict(
+        request: Request,
         file: Annotated[UploadFile, File(description="the image (PNG, JPEG, ...), any size up to the limits")],
         format: Annotated[Literal["labels", "overlay", "json"], Query(
             description="labels: indexed PNG of class ids; overlay: colour blend PNG; json: shares")] = "labels",
         alpha: Annotated[float, Query(ge=0.0, le=1.0, description="overlay opacity (format=overlay)")] = 0.5,
     ) -> Response:
         t_start = time.perf_counter()
+        unknown = sorted(set(request.query_params) - {"format", "alpha"})
+        if unknown:  # a misspelt "fromat=json" would otherwise silently answer a PNG
+            raise ServeError(422, f"unknown query parameter {unknown[0]!r} (known: format, alpha)")
         data = await file.read()
         image, labels, t = await segment(data, "file")
         t0 = time.perf_counter()

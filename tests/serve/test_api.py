@@ -156,6 +156,8 @@ BAD_INPUTS = {
                            422, "query parameter 'format'"),
     "alpha out of range": (lambda img: {"files": {"file": ("a.png", png_bytes(img))},
                                         "params": {"format": "overlay", "alpha": "1.5"}}, 422, "'alpha'"),
+    "unknown query parameter": (lambda img: {"files": {"file": ("a.png", png_bytes(img))}, "params": {"fromat": "json"}},
+                                422, "unknown query parameter 'fromat'"),
     "alpha not a number": (lambda img: {"files": {"file": ("a.png", png_bytes(img))}, "params": {"alpha": "half"}},
                            422, "'alpha'"),
 }
