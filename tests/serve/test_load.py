@@ -28,7 +28,7 @@ SIZES = [  # (H, W), time limit in s. Small frames: the default test is about th
     pytest.param((72, 96), 150, id="72x96"),
     pytest.param((360, 480), 900, id="360x480", marks=pytest.mark.slow),  # CamVid's own size: minutes on 1 thread
 ]
-MAX_RSS_GROWTH = 24 * 2**20
+MAX_RSS_GROWTH = 16 * 2**20
 
 
 async def _load(url: str, bodies: list[bytes], n: int, clients: int,
