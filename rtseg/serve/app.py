@@ -450,7 +450,7 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                 frame, latest[0] = latest[0], None
                 if frame is not None:
                     await answer(*frame)
-        except (WebSocketDisconnect, RuntimeError):  # client gone mid-send
+        except (WebSocketDisconnect, RuntimeError, OSError):  # client gone mid-send (uvicorn: ClientDisconnected)
             pass
         finally:
             task.cancel()

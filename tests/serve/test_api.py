@@ -270,6 +270,30 @@ def test_websocket_keeps_only_the_newest_frame(segmenter, image):
     assert gated.calls == len(answers) + 1  # the answered frames and frame 10
 
 
+def test_websocket_client_leaving_mid_frame_does_not_hurt(segmenter):
+    from websockets.sync.client import connect
+
+    gated = GatedSegmenter(segmenter)
+    app = create_app(gated)
+    frame = png_bytes(make_frames(1, 90, 120)[0])
+    with app_server(app) as url:
+        with connect(url.replace("http", "ws") + "/ws") as ws:
+            ws.send(struct.pack(">I", 1) + frame)
+            deadline = time.monotonic() + 30
+            while gated.calls == 0:  # the frame is in the model when the client leaves
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        gated.gate.set()
+        deadline = time.monotonic() + 30
+        while (health := httpx.get(url + "/health").json())["live"]["connections"]:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.05)
+        assert health["queue"]["pending"] == 0
+        with connect(url.replace("http", "ws") + "/ws") as ws:  # and the next client is served
+            ws.send(struct.pack(">I", 2) + frame)
+            assert json.loads(ws.recv(timeout=30))["id"] == 2
+
+
 def test_cli_names_the_extra_before_loading(monkeypatch, capsys):
     import rtseg.serve
     import rtseg.serve.app
