@@ -314,6 +314,8 @@
     if (e.target.files[0]) startVideo(e.target.files[0]);
     e.target.value = "";
   });
+  $("image-button").addEventListener("click", () => $("image-input").click());
+  $("video-button").addEventListener("click", () => $("video-input").click());
   $("camera-button").addEventListener("click", startCamera);
   $("stop-button").addEventListener("click", () => {
     stop();
