@@ -204,14 +204,15 @@ def _settle(fut: asyncio.Future, result: Any, ok: bool) -> None:
 
 
 class _BodyLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413, before the app parses them.
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413, before the app parses them, and
+    uploads to ``/predict`` while ``busy()`` says the queue is full with 503, before reading them.
 
     A declared ``Content-Length`` over the limit is refused without reading; otherwise the body is read
     (counting, so a chunked upload cannot slip past) and replayed to the app.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, int(max_bytes)
+    def __init__(self, app: Any, max_bytes: int, busy: Callable[[], ServeError | None] | None = None) -> None:
+        self.app, self.max_bytes, self.busy = app, int(max_bytes), busy
 
     def _refuse(self, size: str) -> JSONResponse:
         return JSONResponse({"error": f"upload too large: {size}, over the server's limit of "
@@ -220,6 +221,10 @@ class _BodyLimit:
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
+        refusal = self.busy() if self.busy is not None and scope["path"] == "/predict" else None
+        if refusal is not None:  # queue full: refuse before reading (and holding) the upload
+            return await JSONResponse({"error": str(refusal)}, status_code=503,
+                                      headers={"Retry-After": "1"})(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(f"{int(declared) / 2**20:.1f} MiB declared")(scope, receive, send)
@@ -300,7 +305,8 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                   description=f"Semantic segmentation with {model_name} ({segmenter.backend}/{segmenter.precision}).")
     app.state.worker, app.state.segmenter = worker, segmenter
     live_totals = {"connections": 0, "frames": 0, "dropped": 0}  # WebSocket counters, shown by /health
-    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes,
+                       busy=lambda: _busy(worker.queue_size) if worker.full() else None)
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Any, exc: ServeError) -> JSONResponse:
