@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "rtseg.cli.demo",
     "rtseg.cli.report",
     "rtseg.cli.export", "rtseg.cli.predict", "rtseg.cli.bench", "rtseg.cli.weights",
+    "rtseg.cli.serve",
 ]
 
 
