@@ -268,46 +268,157 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-               max_pixels: int = DEFAULT_MAX_PIXELS, queue_size: int = DEFAULT_QUEUE,
-               close_segmenter: bool = False) -> FastAPI:
-    """The ASGI app serving ``segmenter`` (loaded once; run only by the app's inference thread).
+class _Service:
+    """What the routes share: the segmenter's worker, the codec pool, class names and colours, the limits."""
 
-    ``max_upload_bytes``: largest request body; ``max_pixels``: largest decoded image (width x height);
-    ``queue_size``: requests waiting or running before new ones get 503. ``close_segmenter``: also close the
-    segmenter when the app shuts down (when the app owns it).
-    """
-    if max_upload_bytes < 1 or max_pixels < 1:
-        raise ValueError(f"max_upload_bytes and max_pixels must be positive, got {max_upload_bytes}, {max_pixels}")
-    worker = InferenceWorker(segmenter, queue_size)
-    # Decoding / encoding: a few threads of our own, not Starlette's pool of 40 -- 50 concurrent uploads in 40
-    # threads meant 40 malloc arenas' worth of image buffers (RSS grew ~57 MiB over 500 360x480 requests).
-    codec_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="rtseg-serve-codec")
+    def __init__(self, segmenter: Segmenter, max_upload_bytes: int, max_pixels: int, queue_size: int) -> None:
+        self.segmenter, self.max_upload_bytes, self.max_pixels = segmenter, max_upload_bytes, max_pixels
+        self.worker = InferenceWorker(segmenter, queue_size)
+        # Decoding / encoding: a few threads of our own, not Starlette's pool of 40 -- 50 concurrent uploads in
+        # 40 threads meant 40 malloc arenas' worth of image buffers (RSS grew ~57 MiB over 500 360x480 requests).
+        self.codec_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                             thread_name_prefix="rtseg-serve-codec")
+        self.colours = palette(segmenter)
+        self.names = list(segmenter.class_names or [f"class {i}" for i in range(segmenter.num_classes)])
+        meta = getattr(segmenter.model, "rtseg_meta", None) or {}
+        self.info = segmenter.info()
+        self.model_name = meta.get("shipped_as") or self.info["model"]
+        self.live_totals = {"connections": 0, "frames": 0, "dropped": 0}  # WebSocket counters, shown by /health
 
-    async def off_loop(fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(codec_pool, fn, *args)
+    async def off_loop(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.codec_pool, fn, *args)
 
-    colours = palette(segmenter)
-    names = list(segmenter.class_names or [f"class {i}" for i in range(segmenter.num_classes)])
-    meta = getattr(segmenter.model, "rtseg_meta", None) or {}
-    info = segmenter.info()
-    model_name = meta.get("shipped_as") or info["model"]
+    async def segment(self, data: bytes, field: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """bytes -> (image, labels, timings in ms); 503 before decoding when the queue is already full."""
+        if self.worker.full():
+            raise _busy(self.worker.queue_size)
+        t0 = time.perf_counter()
+        image = await self.off_loop(decode_image, data, self.max_pixels, field)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        try:
+            labels, queue_ms, infer_ms = await self.worker.predict(image)
+        except ServeError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- a model that cannot take this image: the request's fault
+            h, w = image.shape[:2]
+            raise ServeError(422, f"the model could not segment this {w}x{h} image ({type(e).__name__}: {e})") from None
+        return image, labels, {"decode_ms": decode_ms, "queue_ms": queue_ms, "inference_ms": infer_ms}
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
-        yield
-        worker.close()
-        codec_pool.shutdown(wait=False, cancel_futures=True)
-        if close_segmenter:
-            segmenter.close()
+    def shares_dict(self, labels: np.ndarray) -> list[dict[str, Any]]:
+        counts, shares = class_shares(labels, self.segmenter.num_classes)
+        return [{"id": i, "name": self.names[i], "pixels": c, "share": s}
+                for i, (c, s) in enumerate(zip(counts, shares))]
 
-    app = FastAPI(title="rtseg serve", version=__version__, lifespan=lifespan,
-                  description=f"Semantic segmentation with {model_name} ({segmenter.backend}/{segmenter.precision}).")
-    app.state.worker, app.state.segmenter = worker, segmenter
-    live_totals = {"connections": 0, "frames": 0, "dropped": 0}  # WebSocket counters, shown by /health
-    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes,
-                       busy=lambda: _busy(worker.queue_size) if worker.full() else None)
+    def health(self) -> dict[str, Any]:
+        seg, worker = self.segmenter, self.worker
+        return {"status": "ok", "model": self.model_name, "architecture": self.info["model"],
+                "classes": self.names, "num_classes": seg.num_classes, "palette": self.colours.tolist(),
+                "backend": seg.backend, "precision": seg.precision,
+                "input_size": list(seg.size) if seg.size else None, "threads": seg.threads,
+                "graph_argmax": seg.graph_argmax, "version": __version__,
+                "queue": {"pending": worker.pending, "size": worker.queue_size}, "live": dict(self.live_totals),
+                "limits": {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels}}
 
+    async def predict(self, request: Request, file: UploadFile, format: str, alpha: float) -> Response:
+        t_start = time.perf_counter()
+        unknown = sorted(set(request.query_params) - {"format", "alpha"})
+        if unknown:  # a misspelt "fromat=json" would otherwise silently answer a PNG
+            raise ServeError(422, f"unknown query parameter {unknown[0]!r} (known: format, alpha)")
+        data = await file.read()
+        image, labels, t = await self.segment(data, "file")
+        t0 = time.perf_counter()
+        if format == "json":
+            t["encode_ms"] = 0.0
+            h, w = labels.shape
+            body: dict[str, Any] = {"model": self.model_name, "width": w, "height": h,
+                                    "classes": self.shares_dict(labels)}
+            t["total_ms"] = (time.perf_counter() - t_start) * 1e3
+            body["timings_ms"] = {k[:-3]: round(v, 3) for k, v in t.items()}
+            return JSONResponse(body, headers={"Server-Timing": _timing_header(t)})
+        if format == "labels":
+            png = await self.off_loop(encode_labels, labels, self.colours)
+        else:
+            png = await self.off_loop(lambda: encode_rgb(blend(image, labels, self.colours, alpha)))
+        t["encode_ms"] = (time.perf_counter() - t0) * 1e3
+        t["total_ms"] = (time.perf_counter() - t_start) * 1e3
+        return Response(png, media_type="image/png", headers={"Server-Timing": _timing_header(t)})
+
+    async def answer_frame(self, ws: WebSocket, data: bytes, t_in: float, dropped: int) -> None:
+        """One live frame: a 4-byte big-endian id, then an encoded image -> JSON shares/timings, then labels PNG."""
+        if len(data) < 5:
+            await ws.send_text(json.dumps({"id": None, "error": "frame message must be a 4-byte big-endian "
+                                                                "frame id followed by an encoded image"}))
+            return
+        (fid,) = struct.unpack(">I", data[:4])
+        if len(data) - 4 > self.max_upload_bytes:
+            await ws.send_text(json.dumps({"id": fid, "error": f"frame of {len(data) - 4} bytes is over "
+                                                               f"the limit of {self.max_upload_bytes} bytes"}))
+            return
+        try:
+            _, labels, t = await self.segment(data[4:], "frame")
+            t0 = time.perf_counter()
+            png = await self.off_loop(encode_labels, labels, self.colours)
+            t["encode_ms"] = (time.perf_counter() - t0) * 1e3
+        except ServeError as e:
+            await ws.send_text(json.dumps({"id": fid, "error": str(e), "busy": e.status == 503}))
+            return
+        t["total_ms"] = (time.perf_counter() - t_in) * 1e3
+        h, w = labels.shape
+        await ws.send_text(json.dumps({
+            "id": fid, "width": w, "height": h, "shares": class_shares(labels, self.segmenter.num_classes)[1],
+            "timings_ms": {k[:-3]: round(v, 2) for k, v in t.items()}, "dropped": dropped}))
+        await ws.send_bytes(png)
+
+    async def live(self, ws: WebSocket) -> None:
+        """Frames at the server's pace: only the newest waiting frame is kept, older ones are dropped."""
+        await ws.accept()
+        latest: list[Any] = [None]  # the newest frame not yet taken: (bytes, arrival time)
+        arrived = asyncio.Event()
+        stats = {"dropped": 0, "closed": False}
+        totals = self.live_totals
+
+        async def reader() -> None:
+            try:
+                while True:
+                    msg = await ws.receive()
+                    if msg["type"] == "websocket.disconnect":
+                        break
+                    data = msg.get("bytes")
+                    if data is None:  # text: nothing to control yet; ignore rather than fail
+                        continue
+                    totals["frames"] += 1
+                    if latest[0] is not None:
+                        stats["dropped"] += 1  # a newer frame replaces the waiting one: drop, never queue
+                        totals["dropped"] += 1
+                    latest[0] = (data, time.perf_counter())
+                    arrived.set()
+            finally:
+                stats["closed"] = True
+                arrived.set()
+
+        task = asyncio.create_task(reader())
+        totals["connections"] += 1
+        try:
+            while True:
+                await arrived.wait()
+                arrived.clear()
+                if stats["closed"]:
+                    break
+                frame, latest[0] = latest[0], None
+                if frame is not None:
+                    await self.answer_frame(ws, *frame, stats["dropped"])
+        except (WebSocketDisconnect, RuntimeError, OSError):  # client gone mid-send (uvicorn: ClientDisconnected)
+            pass
+        finally:
+            task.cancel()
+            totals["connections"] -= 1
+
+
+def _timing_header(t: dict[str, float]) -> str:
+    return ", ".join(f"{k[:-3]};dur={v:.2f}" for k, v in t.items())
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
     async def _serve_error(request: Any, exc: ServeError) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status == 503 else None
@@ -325,38 +436,11 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
     async def _internal(request: Any, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    async def segment(data: bytes, field: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        """bytes -> (image, labels, timings in ms); 503 before decoding when the queue is already full."""
-        if worker.full():
-            raise _busy(worker.queue_size)
-        t0 = time.perf_counter()
-        image = await off_loop(decode_image, data, max_pixels, field)
-        decode_ms = (time.perf_counter() - t0) * 1e3
-        try:
-            labels, queue_ms, infer_ms = await worker.predict(image)
-        except ServeError:
-            raise
-        except Exception as e:  # noqa: BLE001 -- a model that cannot take this image: the request's fault
-            h, w = image.shape[:2]
-            raise ServeError(422, f"the model could not segment this {w}x{h} image ({type(e).__name__}: {e})") from None
-        return image, labels, {"decode_ms": decode_ms, "queue_ms": queue_ms, "inference_ms": infer_ms}
 
-    def timing_header(t: dict[str, float]) -> str:
-        return ", ".join(f"{k[:-3]};dur={v:.2f}" for k, v in t.items())
-
-    def shares_dict(labels: np.ndarray) -> list[dict[str, Any]]:
-        counts, shares = class_shares(labels, segmenter.num_classes)
-        return [{"id": i, "name": names[i], "pixels": c, "share": s} for i, (c, s) in enumerate(zip(counts, shares))]
-
+def _add_routes(app: FastAPI, svc: _Service) -> None:
     @app.get("/health", summary="Model, classes, runtime and queue state")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name, "architecture": info["model"],
-                "classes": names, "num_classes": segmenter.num_classes, "palette": colours.tolist(),
-                "backend": segmenter.backend, "precision": segmenter.precision,
-                "input_size": list(segmenter.size) if segmenter.size else None, "threads": segmenter.threads,
-                "graph_argmax": segmenter.graph_argmax, "version": __version__,
-                "queue": {"pending": worker.pending, "size": worker.queue_size}, "live": dict(live_totals),
-                "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}}
+        return svc.health()
 
     @app.post("/predict", summary="Segment one image",
               responses={200: {"content": {"image/png": {}, "application/json": {}},
@@ -372,101 +456,47 @@ def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
             description="labels: indexed PNG of class ids; overlay: colour blend PNG; json: shares")] = "labels",
         alpha: Annotated[float, Query(ge=0.0, le=1.0, description="overlay opacity (format=overlay)")] = 0.5,
     ) -> Response:
-        t_start = time.perf_counter()
-        unknown = sorted(set(request.query_params) - {"format", "alpha"})
-        if unknown:  # a misspelt "fromat=json" would otherwise silently answer a PNG
-            raise ServeError(422, f"unknown query parameter {unknown[0]!r} (known: format, alpha)")
-        data = await file.read()
-        image, labels, t = await segment(data, "file")
-        t0 = time.perf_counter()
-        if format == "json":
-            t["encode_ms"] = 0.0
-            h, w = labels.shape
-            body: dict[str, Any] = {"model": model_name, "width": w, "height": h, "classes": shares_dict(labels)}
-            t["total_ms"] = (time.perf_counter() - t_start) * 1e3
-            body["timings_ms"] = {k[:-3]: round(v, 3) for k, v in t.items()}
-            return JSONResponse(body, headers={"Server-Timing": timing_header(t)})
-        if format == "labels":
-            png = await off_loop(encode_labels, labels, colours)
-        else:
-            png = await off_loop(lambda: encode_rgb(blend(image, labels, colours, alpha)))
-        t["encode_ms"] = (time.perf_counter() - t0) * 1e3
-        t["total_ms"] = (time.perf_counter() - t_start) * 1e3
-        return Response(png, media_type="image/png", headers={"Server-Timing": timing_header(t)})
+        return await svc.predict(request, file, format, alpha)
 
     @app.websocket("/ws")
     async def live(ws: WebSocket) -> None:
-        await ws.accept()
-        latest: list[Any] = [None]  # the newest frame not yet taken: (id, bytes, arrival time)
-        arrived = asyncio.Event()
-        stats = {"dropped": 0, "closed": False}
-
-        async def reader() -> None:
-            try:
-                while True:
-                    msg = await ws.receive()
-                    if msg["type"] == "websocket.disconnect":
-                        break
-                    data = msg.get("bytes")
-                    if data is None:  # text: nothing to control yet; ignore rather than fail
-                        continue
-                    live_totals["frames"] += 1
-                    if latest[0] is not None:
-                        stats["dropped"] += 1  # a newer frame replaces the waiting one: drop, never queue
-                        live_totals["dropped"] += 1
-                    latest[0] = (data, time.perf_counter())
-                    arrived.set()
-            finally:
-                stats["closed"] = True
-                arrived.set()
-
-        async def answer(data: bytes, t_in: float) -> None:
-            if len(data) < 5:
-                await ws.send_text(json.dumps({"id": None, "error": "frame message must be a 4-byte big-endian "
-                                                                    "frame id followed by an encoded image"}))
-                return
-            (fid,) = struct.unpack(">I", data[:4])
-            if len(data) - 4 > max_upload_bytes:
-                await ws.send_text(json.dumps({"id": fid, "error": f"frame of {len(data) - 4} bytes is over "
-                                                                   f"the limit of {max_upload_bytes} bytes"}))
-                return
-            try:
-                _, labels, t = await segment(data[4:], "frame")
-                t0 = time.perf_counter()
-                png = await off_loop(encode_labels, labels, colours)
-                t["encode_ms"] = (time.perf_counter() - t0) * 1e3
-            except ServeError as e:
-                await ws.send_text(json.dumps({"id": fid, "error": str(e), "busy": e.status == 503}))
-                return
-            t["total_ms"] = (time.perf_counter() - t_in) * 1e3
-            h, w = labels.shape
-            await ws.send_text(json.dumps({
-                "id": fid, "width": w, "height": h, "shares": class_shares(labels, segmenter.num_classes)[1],
-                "timings_ms": {k[:-3]: round(v, 2) for k, v in t.items()}, "dropped": stats["dropped"]}))
-            await ws.send_bytes(png)
-
-        task = asyncio.create_task(reader())
-        live_totals["connections"] += 1
-        try:
-            while True:
-                await arrived.wait()
-                arrived.clear()
-                if stats["closed"]:
-                    break
-                frame, latest[0] = latest[0], None
-                if frame is not None:
-                    await answer(*frame)
-        except (WebSocketDisconnect, RuntimeError, OSError):  # client gone mid-send (uvicorn: ClientDisconnected)
-            pass
-        finally:
-            task.cancel()
-            live_totals["connections"] -= 1
+        await svc.live(ws)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def create_app(segmenter: Segmenter, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+               max_pixels: int = DEFAULT_MAX_PIXELS, queue_size: int = DEFAULT_QUEUE,
+               close_segmenter: bool = False) -> FastAPI:
+    """The ASGI app serving ``segmenter`` (loaded once; run only by the app's inference thread).
+
+    ``max_upload_bytes``: largest request body; ``max_pixels``: largest decoded image (width x height);
+    ``queue_size``: requests waiting or running before new ones get 503. ``close_segmenter``: also close the
+    segmenter when the app shuts down (when the app owns it).
+    """
+    if max_upload_bytes < 1 or max_pixels < 1:
+        raise ValueError(f"max_upload_bytes and max_pixels must be positive, got {max_upload_bytes}, {max_pixels}")
+    svc = _Service(segmenter, max_upload_bytes, max_pixels, queue_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        svc.worker.close()
+        svc.codec_pool.shutdown(wait=False, cancel_futures=True)
+        if close_segmenter:
+            segmenter.close()
+
+    app = FastAPI(title="rtseg serve", version=__version__, lifespan=lifespan,
+                  description=f"Semantic segmentation with {svc.model_name} ({segmenter.backend}/{segmenter.precision}).")
+    app.state.worker, app.state.segmenter = svc.worker, segmenter
+    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes,
+                       busy=lambda: _busy(svc.worker.queue_size) if svc.worker.full() else None)
+    _add_error_handlers(app)
+    _add_routes(app, svc)
     return app
 
 
