@@ -437,7 +437,7 @@ def test_cli_train_uses_the_same_words(tmp_path: Path, monkeypatch, capsys) -> N
         "train",
         f"model={TINY}",
         "dataset=synthetic",
-        "dataset_kwargs={'size': (40, 56), 'length': 16}",
+        "dataset_kwargs={size: [40, 56], length: 16}",
         "crop=32x48",
         "batch_size=4",
         "workers=0",
