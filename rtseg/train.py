@@ -326,9 +326,16 @@ def _step_is_finite(loss: torch.Tensor, model: nn.Module, check_grads: bool, wor
 
 
 def _has_dilated_depthwise(model: nn.Module) -> bool:
-    """Any depthwise conv (one input channel per group) with dilation > 1?"""
+    """Any depthwise conv (one input channel per group) with dilation > 1 that runs as a dilated conv?
+    (Those computed by space-to-batch, rtseg.train_speed, run dilation-1 kernels and do not count.)"""
+    from rtseg.train_speed import SpaceToBatchDepthwise
+
     return any(
-        isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > 1
+        isinstance(m, nn.Conv2d)
+        and not isinstance(m, SpaceToBatchDepthwise)
+        and m.groups > 1
+        and m.groups == m.in_channels
+        and max(m.dilation) > 1
         for m in model.modules()
     )
 
@@ -496,6 +503,13 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
         if d.main and cfg.progress:
             print(f"init: {n} tensors from {cfg.init}")
     model.to(device)
+    if cfg.space_to_batch and device.type == "cpu":
+        # issue #18: oneDNN's dilated depthwise weight gradient is the slowest op of an ESSNet step (and wrong
+        # in bf16 + NHWC); the same conv on the dilation**2 phase sub-grids runs fast, correct dilation-1
+        # kernels. Swapped back before the model is returned (checkpoints hold only the state_dict anyway).
+        from rtseg.train_speed import speed_up
+
+        speed_up(model)
     channels_last = cfg.channels_last
     if channels_last and cfg.amp and device.type == "cpu" and _has_dilated_depthwise(model):
         # torch 2.13 CPU (oneDNN): bf16 + channels_last computes wrong weight gradients for dilated
@@ -783,6 +797,11 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: _Dist) -> dict[str, 
 
     if d.world > 1:
         dist.barrier()  # nobody leaves (and tears down the group) before rank 0 has written
+    from rtseg.train_speed import restore
+
+    for m in (model, ema.module if ema is not None else None):
+        if m is not None:
+            restore(m)  # plain nn.Conv2d again: export and inference see the model as built
     out_model = ema.module if ema is not None else model
     return {
         "run_dir": str(run_dir),
