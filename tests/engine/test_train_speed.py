@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -107,3 +108,37 @@ def test_space_to_batch_float64_module_stack_gradients_equal_the_original() -> N
     for (k, p), q in zip(ref.named_parameters(), fast.parameters()):
         # (a conv bias right before a BN has a gradient of zero up to rounding)
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-11, msg=k)
+
+
+def test_channels_last_guard_ignores_space_to_batch_convs() -> None:
+    from rtseg.train import _has_dilated_depthwise
+
+    model = rtseg.create_model("essnet_dg2s", num_classes=5)
+    assert _has_dilated_depthwise(model)
+    speed_up(model)
+    assert not _has_dilated_depthwise(model)  # bf16 + NHWC is safe: no dilated depthwise kernel runs
+
+
+def test_train_with_space_to_batch_keeps_channels_last_and_returns_plain_convs(tmp_path, capsys) -> None:
+    r = rtseg.train(
+        model="essnet_dg2s",
+        dataset="synthetic",
+        dataset_kwargs={"size": (40, 56), "length": 8},
+        crop=(32, 48),
+        batch_size=4,
+        workers=0,
+        progress=False,
+        val_split=None,
+        stages="encoder,full",
+        epochs=1,
+        encoder_epochs=1,
+        amp=True,
+        channels_last=True,
+        ema=0.9,
+        device="cpu",
+        out=str(tmp_path / "run"),
+    )
+    assert "channels_last ignored" not in capsys.readouterr().out
+    assert all(math.isfinite(h["train_loss"]) for h in r["history"])
+    assert not any(type(m) is SpaceToBatchDepthwise for m in r["model"].modules())
+    assert r["config"]["space_to_batch"] is True
