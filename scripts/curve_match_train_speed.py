@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def _batches(ds, transform, seed: int, batch: int, n: int, epoch0: int = 0):

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import rtseg
-from rtseg.train_speed import SpaceToBatchDepthwise, is_dilated_depthwise, restore, space_to_batch_conv, speed_up
+from rtseg.train_speed import (
+    SpaceToBatchDepthwise,
+    is_dilated_depthwise,
+    restore,
+    space_to_batch_conv,
+    speed_up,
+)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
