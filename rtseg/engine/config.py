@@ -118,6 +118,8 @@ class TrainConfig:
     device: str = "auto"  # 'auto' = cuda when available, else cpu; or 'cpu', 'cuda', 'cuda:1'
     amp: bool = True  # mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA
     channels_last: bool = False  # NHWC memory layout: faster convolutions on tensor cores
+    space_to_batch: bool = True  # CPU: dilated depthwise convs as dilation-1 convs on space-to-batch phases
+    # (same math; ESSNet 360x480 step 1.2-2x faster, and correct with bf16 + NHWC): rtseg/train_speed.py
     workers: int | None = None  # DataLoader processes per rank; None = min(2, CPU cores)
     persistent_workers: bool = True  # keep workers (and their caches) alive across epochs
     seed: int = 0  # one seed fixes init, data order, augmentation and dropout

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from rtseg.engine.config import ConfigError, TrainConfig, load_config
+from rtseg.models import model_info
 from rtseg.utils.io import atomic_torch_save, atomic_write_text
 
 __all__ = ["RESUME_MUTABLE", "TRAIN_STATE_FORMAT", "TRAIN_STATE_VERSION", "load_train_state", "resume_config",
@@ -75,8 +76,25 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
+def _as_started(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A run started by rtseg before ``space_to_batch`` existed (that key is absent from its config) goes on
+    exactly as it started: without space-to-batch, and an ESSNet with the dropout its builder had then
+    (0.03 at 1/4, 0.3 at 1/8; the grouped builders now default to the released code's 0.1 / 0.1)."""
+    if "space_to_batch" in recorded:
+        return recorded
+    recorded["space_to_batch"] = False
+    try:
+        family = model_info(str(recorded.get("model"))).family
+    except KeyError:
+        return recorded  # load_config names the unknown model
+    kwargs = dict(recorded.get("model_kwargs") or {})
+    if family == "essnet" and "dropout" not in kwargs:
+        recorded["model_kwargs"] = {**kwargs, "dropout": [0.03, 0.3]}
+    return recorded
+
+
 def resume_config(state: Mapping[str, Any], overrides: Mapping[str, Any]) -> TrainConfig:
-    cfg = load_config(state["config"])
+    cfg = load_config(_as_started(dict(state["config"])))
     bad = sorted(k for k in overrides if k not in RESUME_MUTABLE)
     if bad:
         raise ConfigError(

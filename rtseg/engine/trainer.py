@@ -56,6 +56,7 @@ from rtseg.eval.loop import autocast, evaluate_batches, to_input
 from rtseg.eval.metrics import SegMetrics
 from rtseg.models import create_model
 from rtseg.nn.grouping import gradual_setup, set_alpha
+from rtseg.nn.space_to_batch import SpaceToBatchDepthwise, restore, speed_up
 from rtseg.utils.machine import cpu_name
 from rtseg.utils.progress import tqdm
 
@@ -200,6 +201,9 @@ def _run(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> dict[st
         epoch_offset += stage.n_epochs
     if d.world > 1:
         dist.barrier()  # nobody leaves (and tears down the group) before rank 0 has written
+    for m in (run.model, run.ema.module if run.ema is not None else None):
+        if m is not None:
+            restore(m)  # plain nn.Conv2d again: export and inference see the model as built
     return {
         "run_dir": str(run.run_dir),
         "best_checkpoint": str(run.best_path),
@@ -238,6 +242,11 @@ def _setup(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> _Run:
         if d.main and cfg.progress:
             print(f"init: {n} tensors from {cfg.init}")
     model.to(device)
+    if cfg.space_to_batch and device.type == "cpu":
+        # issue #18: oneDNN's dilated depthwise weight gradient is the slowest op of an ESSNet step (and wrong
+        # in bf16 + NHWC); the same conv on the dilation**2 phase sub-grids runs fast, correct dilation-1
+        # kernels. Swapped back before the model is returned (checkpoints hold only the state_dict anyway).
+        speed_up(model)
     channels_last = _channels_last(cfg, model, device, d)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -276,9 +285,11 @@ def _hardware(device: torch.device, amp: bool, world: int) -> str:
 
 
 def has_dilated_depthwise(model: nn.Module) -> bool:
-    """Any depthwise conv (one input channel per group) with dilation > 1?"""
+    """Any depthwise conv (one input channel per group) with dilation > 1 that runs as a dilated conv?
+    (Those computed by space-to-batch, :mod:`rtseg.nn.space_to_batch`, run dilation-1 kernels and do not count.)"""
     return any(
-        isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > 1
+        isinstance(m, nn.Conv2d) and not isinstance(m, SpaceToBatchDepthwise)
+        and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > 1
         for m in model.modules()
     )
 
