@@ -31,11 +31,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # write(2) errors (ENOSPC, EROFS, EIO) carry no file name: name the file being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 
@@ -136,3 +139,17 @@ def check_outputs_not_inputs(inputs: Iterable[str | os.PathLike], out: str | os.
         hit = ins.get(ident(o)) or ins.get(("path", Path(o).expanduser().resolve()))
         if hit is not None:
             raise ValueError(f"{what} {out}: output {o} would overwrite the input {hit}; choose another {what}")
+
+
+def check_out_dir(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse an output folder that is an input file or that holds one of the input files directly (a predict
+    into its own source folder replaced the input PNGs with label maps). ``ValueError`` naming both."""
+    out_p = Path(out).expanduser()
+    out_k = out_p.resolve()
+    for p in inputs:
+        src = Path(p).expanduser()
+        if src.resolve() == out_k or (out_p.exists() and src.exists() and os.path.samefile(src, out_p)):
+            raise ValueError(f"{what} {out}: is the input {p}; choose an output folder")
+        if src.resolve().parent == out_k:
+            raise ValueError(f"{what} {out}: holds the input {p}; outputs would replace or mix with the inputs "
+                             f"(choose another {what}, e.g. {out_p / 'pred'})")
