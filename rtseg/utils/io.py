@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -43,8 +44,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    # serialised in memory first: torch.save straight into a file that hits ENOSPC raises a RuntimeError
+    # from its zip writer ("unexpected pos"), hiding the OSError that names the problem
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buf.getbuffer())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -54,12 +54,26 @@ def test_full_disk_mid_write_keeps_the_old_file_and_no_temp(tmp_path: Path, monk
     atomic_torch_save({"v": torch.ones(3)}, out)
     before = out.read_bytes()
 
-    def full(obj, f, *a, **k):
-        f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+    import rtseg.utils.io as uio
 
-    monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(OSError, match="No space left"):
+    real_fdopen = os.fdopen
+
+    class Full:  # a file whose disk fills after 7 bytes, as write(2) reports it (errno, no name)
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, b):
+            self.f.write(bytes(b)[:7])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(uio.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match=r"No space left on device: '.*last\.pt'"):
         atomic_torch_save({"v": torch.zeros(3)}, out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
