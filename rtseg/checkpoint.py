@@ -24,7 +24,7 @@ from rtseg.hub import WEIGHTS_DIR, resolve_weights
 from rtseg.models import create_model, model_info
 from rtseg.models.convert import convert_to_model
 from rtseg.nn.grouping import apply_grouping_meta, grouping_meta
-from rtseg.utils.io import atomic_torch_save
+from rtseg.utils.io import atomic_torch_save, check_outputs_not_inputs
 
 __all__ = ["FORMAT", "MAX_CLASSES", "CheckpointError", "convert_file", "load_checkpoint", "load_model", "resolve_checkpoint",
            "save_model", "validate_checkpoint"]
@@ -244,5 +244,6 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
 
 def convert_file(source: str, src: str | os.PathLike, dst: str | os.PathLike, **kwargs: Any) -> Path:
     """Convert the foreign state dict at ``src`` (``--source`` converter) into an rtseg checkpoint at ``dst``."""
+    check_outputs_not_inputs([src], dst, [dst], what="dst")  # converting in place would destroy the source
     model, meta = convert_to_model(source, src, **kwargs)
     return save_model(model, dst, **meta)

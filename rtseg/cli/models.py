@@ -12,6 +12,7 @@ from rtseg.cli._common import UsageError, nonnegative_int, parse_size, positive_
 from rtseg.eval.profiler import count_flops, count_params, profile_model
 from rtseg.models import create_model, list_models, model_info
 from rtseg.nn.grouping import convert_to_deploy, masked_convs
+from rtseg.utils.io import check_outputs_not_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +153,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _convert_to_grouped(args: argparse.Namespace) -> int:
     if args.source is not None or args.num_classes is not None:
         raise UsageError("--to converts an rtseg checkpoint: --source and --num-classes do not apply")
+    check_outputs_not_inputs([args.src], args.dst, [args.dst], what="dst")  # the source must survive
     model = load_model(args.src)
     if not any(True for _ in masked_convs(model)):
         raise UsageError(f"{args.src}: no masked (gradual-grouping) convs to convert; train with gradual_groups=G")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -27,17 +28,24 @@ IMAGE_MODES = (*_TO_RGB, *_SIXTEEN, "I")
 LABEL_MODES = ("L", "P", "I", *_SIXTEEN, "1", "LA", "PA")
 
 
-def open_image(path: str | os.PathLike):
-    """Open and fully decode ``path`` with Pillow (first frame of an animation); one-line errors naming it."""
+def open_image(path: str | os.PathLike | BinaryIO, name: str | None = None):
+    """Open and fully decode ``path`` with Pillow (first frame of an animation); one-line errors naming it.
+
+    ``path`` may also be a binary file object (an upload in ``rtseg serve``); ``name`` then names it in errors.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if hasattr(path, "read"):
+        src: Any = path
+        path = Path(name or getattr(path, "name", None) or "<upload>")
+    else:
+        path = src = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(src)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"{path}: image too large to decode safely ({e})") from None
@@ -59,10 +67,10 @@ def _sixteen_to_8(a: np.ndarray, path: Path, mode: str) -> np.ndarray:
     return ((a * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to ``H x W x 3`` uint8 RGB (see the module docstring for the modes)."""
-    path = Path(path)
-    img = open_image(path)
+def read_image(path: str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
+    """Decode an image file (or binary file object) to ``H x W x 3`` uint8 RGB (modes: the module docstring)."""
+    img = open_image(path, name)
+    path = Path(name or getattr(path, "name", None) or "<upload>") if hasattr(path, "read") else Path(path)
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)

@@ -83,3 +83,12 @@ def test_labels_keep_ids_for_16_bit_palette_and_la(tmp_path: Path) -> None:
     assert read_label(_save(la, tmp_path / "la.png")).tolist() == ids.tolist()
     with pytest.raises(ValueError, match=r"rgb\.png: label image has mode 'RGB'"):
         read_label(_save(Image.fromarray(RGB), tmp_path / "rgb.png"))
+
+
+def test_file_objects_decode_like_files_and_errors_use_the_given_name(tmp_path: Path) -> None:
+    import io
+
+    p = _save(Image.fromarray(RGB), tmp_path / "x.png")
+    assert np.array_equal(read_image(io.BytesIO(p.read_bytes())), read_image(p))
+    with pytest.raises(ValueError, match=r"upload\.png: unreadable image file"):
+        read_image(io.BytesIO(b"junk"), name="upload.png")
