@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rtseg.errors import CheckpointError
-from rtseg.hub import WEIGHTS_DIR, resolve_weights
+from rtseg.hub import resolve_weights
 from rtseg.models import create_model, model_info
 from rtseg.models.convert import convert_to_model
 from rtseg.nn.grouping import apply_grouping_meta, grouping_meta
@@ -166,8 +166,13 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
     """The file a checkpoint argument means. A shipped weights name wins over a file of the same name in the
     working directory: to use that file, write it as a path (``./enet_camvid``); when both exist a note on
     stderr says which one was used. Anything else is a path."""
+    return _resolve(path_or_name)[0]
+
+
+def _resolve(path_or_name: str | os.PathLike) -> tuple[Path, bool]:
+    """(file, whether it is shipped weights named by ``path_or_name``)."""
     text = os.fspath(path_or_name)
-    if isinstance(path_or_name, str) and not _looks_like_path(text):
+    if not _looks_like_path(text):
         try:
             shipped = resolve_weights(text)
         except FileNotFoundError:
@@ -176,13 +181,11 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
             if Path(text).exists():
                 print(f"note: {text!r} is the name of shipped weights; using those ({shipped}), not the file "
                       f"./{text} (write ./{text} to use the file)", file=sys.stderr)
-            return shipped
+            return shipped, True
     path = Path(text).expanduser()
     if path.exists():
-        return path
-    if _looks_like_path(text) or not isinstance(path_or_name, str):
-        raise CheckpointError(f"{text}: no such checkpoint file")
-    return resolve_weights(text)  # the helpful "no such file or shipped weights" error
+        return path, False
+    return resolve_weights(text), True  # the helpful "no such checkpoint file or shipped weights" error
 
 
 def _build(ckpt: dict[str, Any], path: Path) -> nn.Module:
@@ -221,9 +224,8 @@ def load_model(path_or_name: str | os.PathLike, map_location: str | torch.device
     the ``meta`` device (no memory) so that its tensor shapes are checked against the file's before the real
     model is allocated -- a crafted ``num_classes`` cannot make rtseg allocate more than the file holds.
     """
-    path = resolve_checkpoint(path_or_name)
-    by_name = isinstance(path_or_name, str) and not _looks_like_path(path_or_name)
-    shipped = path_or_name if by_name and path.parent == WEIGHTS_DIR else None
+    path, by_name = _resolve(path_or_name)
+    shipped = os.fspath(path_or_name) if by_name else None
     ckpt = load_checkpoint(path)
     try:
         with torch.device("meta"):

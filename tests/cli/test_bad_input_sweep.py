@@ -37,22 +37,23 @@ TINY = "tiny_sweep_test"
 
 
 class TinySweep(SegmentationModel):
-    """Two stride-2 convs and a 1x1 classifier, x4 upsampling (any input size divisible by 4)."""
-
-    output_stride = 4
+    """Three stride-2 convs (1/8), a 1x1 encoder classifier and an upsampling decoder (as tests/engine's)."""
 
     def __init__(self, num_classes: int, width: int = 4) -> None:
         super().__init__(num_classes)
-        self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
-                                     nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.encoder = nn.Sequential(*block(3, width), *block(width, width), *block(width, width))
         self.encoder_head = nn.Conv2d(width, num_classes, 1)
-        self.head = nn.Conv2d(width, num_classes, 1)
+        self.head = nn.Conv2d(width, num_classes, 3, padding=1)
 
     def forward_padded(self, x: torch.Tensor, encoder_only: bool = False) -> torch.Tensor:
         f = self.encoder(x)
         if encoder_only:
             return self.encoder_head(f)
-        return F.interpolate(self.head(f), scale_factor=4, mode="bilinear", align_corners=False)
+        return F.interpolate(self.head(f), scale_factor=8, mode="bilinear", align_corners=False)
 
 
 if TINY not in list_models():
@@ -363,7 +364,7 @@ def test_init_from_another_architecture(tmp_path: Path, capsys) -> None:
     mine = rtseg.save_model(rtseg.create_model(TINY, num_classes=5), tmp_path / "tiny5.pt")  # other class count
     rc, out, err = _cli(_train_args(root, tmp_path / "run2", f"init={mine}"), capsys)
     assert rc == 0, err
-    assert f"init: loaded 11 of 15 tensors from {mine}; 4 keep their initial values" in out
+    assert f"init: loaded 20 of 24 tensors from {mine}; 4 keep their initial values" in out
 
 
 @pytest.mark.parametrize("kind", ["no-run", "not-a-state", "version-99", "version-str", "change-lr", "model-list",
