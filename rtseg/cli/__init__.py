@@ -15,6 +15,8 @@ import sys
 
 from rtseg._version import __version__
 from rtseg.cli._common import UsageError, parse_size
+from rtseg.errors import TrainingError
+from rtseg.utils.checks import worker_error_line
 from rtseg.utils.deps import MissingDependency
 from rtseg.utils.logs import quiet_third_party
 
@@ -55,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, OSError, KeyError, ValueError, MissingDependency) as e:  # CheckpointError: ValueError
-        if os.environ.get("RTSEG_DEBUG"):
+    except (UsageError, OSError, KeyError, ValueError, ImportError, TrainingError, MissingDependency) as e:  # CheckpointError and
+        if os.environ.get("RTSEG_DEBUG"):  # ConfigError are ValueErrors; ImportError: a missing optional package
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        msg = worker_error_line(e) or msg  # a DataLoader worker's error: its own line, not the worker traceback
+        if isinstance(e, OSError) and e.filename and e.strerror:
+            msg = f"{e.filename}: {e.strerror}"  # e.g. ENOSPC / EROFS while writing: the file first, like our own
+        msg = " ".join(str(msg).split("\n")[0:1]) or type(e).__name__
         print(f"rtseg {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rtseg.cli._common import UsageError
+from rtseg.cli._common import UsageError, nonnegative_int, positive_int
 from rtseg.eval.loop import evaluate
 from rtseg.eval.metrics import format_table
 from rtseg.utils.deps import require
@@ -20,10 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="camvid", help="camvid, cityscapes, sunrgbd, folder or synthetic")
     p.add_argument("--root", default=None, help="dataset folder (default: $RTSEG_DATA/<dataset>)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default: 1)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader decode workers (default: 0)")
-    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader decode workers (default: 0)")
+    p.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--json", dest="json_out", default=None, help="write the results to this JSON file")
     p.add_argument("--plots", default=None, metavar="DIR", help="save confusion / per-class IoU plots here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -13,21 +13,21 @@ import torch
 
 from rtseg._version import __version__
 from rtseg.checkpoint import convert_file, load_model, save_model
-from rtseg.cli._common import UsageError, parse_size
+from rtseg.cli._common import UsageError, nonnegative_int, parse_size, positive_int, threads_int
 from rtseg.data.base import cache_dir
 from rtseg.eval.profiler import count_flops, count_params, profile_model
 from rtseg.hub import available_weights, weights_info
 from rtseg.models import create_model, list_models, model_info
 from rtseg.models._registry import suggest
 from rtseg.nn.grouping import convert_to_deploy, masked_convs
-from rtseg.utils.io import atomic_write_text
+from rtseg.utils.io import atomic_write_text, check_outputs_not_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models with params, GMACs and GFLOPs")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'essnet*'")
     p.add_argument("--size", type=parse_size, default=(512, 1024), help="input HxW for the counts (default 512x1024)")
-    p.add_argument("--num-classes", type=int, default=19)
+    p.add_argument("--num-classes", type=positive_int, default=19)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (used for the README)")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.add_argument("--no-cache", action="store_true", help="recount every model (counts are cached per source version)")
@@ -36,11 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="params, MACs, FLOPs, peak activation memory and eager latency of a model")
     p.add_argument("model", help="registered model name, shipped weights (enet_camvid) or an rtseg checkpoint path")
     p.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the model's default size)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=19)
-    p.add_argument("--runs", type=int, default=10, help="timed runs after warm-up (median reported)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--num-classes", type=positive_int, default=19)
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs after warm-up (median reported)")
+    p.add_argument("--warmup", type=nonnegative_int, default=3)
+    p.add_argument("--threads", type=threads_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON document (keys params, macs, flops, latency_ms, ...)")
     p.set_defaults(func=cmd_profile)
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", type=Path, help="input state dict (.pth), or an rtseg checkpoint with --to")
     p.add_argument("dst", type=Path, help="output rtseg checkpoint (.pt)")
     p.add_argument("--source", default=None, help="which code base the weights come from (e.g. enet-davidtvs)")
-    p.add_argument("--num-classes", type=int, default=None, help="number of classes (default: from the weights)")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="number of classes (default: from the weights)")
     p.add_argument("--to", choices=["grouped"], default=None,
                    help="'grouped': masked (gradual-grouping) convs -> real grouped convs, BatchNorm folded "
                    "(rtseg.convert_to_deploy); SRC is an rtseg checkpoint")
@@ -170,7 +170,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.runs < 1:
         raise UsageError("--batch and --runs must be >= 1")
     prof = profile_model(model, size=size, batch=args.batch, num_classes=args.num_classes,
-                         latency=not args.no_latency, warmup=args.warmup, runs=args.runs, threads=args.threads)
+                         latency=not args.no_latency, warmup=args.warmup, runs=args.runs, threads=args.threads or None)
     d = prof.to_dict()
     if args.json:
         print(json.dumps(d, indent=1))
@@ -214,6 +214,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _convert_to_grouped(args: argparse.Namespace) -> int:
     if args.source is not None or args.num_classes is not None:
         raise UsageError("--to converts an rtseg checkpoint: --source and --num-classes do not apply")
+    check_outputs_not_inputs([args.src], args.dst, [args.dst], what="dst")  # the source must survive
     model = load_model(args.src)
     if not any(True for _ in masked_convs(model)):
         raise UsageError(f"{args.src}: no masked (gradual-grouping) convs to convert; train with gradual_groups=G")

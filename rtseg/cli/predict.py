@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rtseg.cli._common import UsageError, parse_size
-from rtseg.predict import VIDEO_SUFFIXES, predict
+from rtseg.cli._common import UsageError, parse_size, positive_int, threads_int
+from rtseg.predict import VIDEO_SUFFIXES, predict, resolve_sources
 from rtseg.utils.deps import require, require_runtime
+from rtseg.utils.io import check_out_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
     p.add_argument("--size", type=parse_size, default=None,
                    help="fixed model input HxW (images are resized to it and back); default: native resolution")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=threads_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--calib", default=None, help="int8: calibration images (folder or glob)")
-    p.add_argument("--calib-count", type=int, default=32, help="int8: number of calibration images (default 32)")
+    p.add_argument("--calib-count", type=positive_int, default=32, help="int8: number of calibration images (default 32)")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="int8: module path left in float (repeatable; default: for shipped weights, the list "
                         "recorded with them)")
@@ -49,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     require_runtime(args.backend, args.precision)  # before any model is built or exported
     if any(Path(s).suffix.lower() in VIDEO_SUFFIXES or s.isdigit() for s in map(str, args.sources)):
         require("av", "video", "video and camera input")
-    kw = {"threads": args.threads, "graph_argmax": args.graph_argmax}
+    # never write over the sources (#14): refused before a model is built
+    check_out_dir([s.path for s in resolve_sources(args.sources) if s.kind != "camera"], args.out)
+    kw = {"threads": args.threads or None, "graph_argmax": args.graph_argmax}
     if args.calib is not None:
         kw.update(calibration=args.calib, calibration_size=args.calib_count)
     if args.int8_keep_float is not None:

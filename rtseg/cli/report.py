@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rtseg.cli._common import UsageError, parse_size
+from rtseg.cli._common import UsageError, nonnegative_int, parse_size, positive_int, threads_int
 from rtseg.reporting import report
 
 
@@ -20,17 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="evaluate on this dataset (default: each run's own)")
     p.add_argument("--root", default=None, help="dataset folder (default: the one in the run's config)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's val_split, else val)")
-    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--max-images", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                    help="measure MACs and latency at this size (default: the evaluated images' size)")
     p.add_argument("--runs", dest="latency_runs", type=int, default=10, metavar="N",
                    help="timed forward passes per backend; the median is reported (default: 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed passes before timing (default: 3)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: all cores)")
+    p.add_argument("--warmup", type=nonnegative_int, default=3, help="untimed passes before timing (default: 3)")
+    p.add_argument("--threads", type=threads_int, default=None, help="CPU threads for latency (default: all cores)")
     p.add_argument("--backends", default=None, metavar="LIST",
                    help="comma-separated latency backends: torch, onnxruntime "
                    "(default: torch, plus onnxruntime when installed)")
-    p.add_argument("--samples", type=int, default=4, metavar="N", help="images in the qualitative grid")
+    p.add_argument("--samples", type=nonnegative_int, default=4, metavar="N", help="images in the qualitative grid")
     p.add_argument("--name", dest="names", action="append", default=None, metavar="LABEL",
                    help="display label of a run (repeat once per run, in order)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     for flag, v, low in (("--runs", args.latency_runs, 1), ("--warmup", args.warmup, 0),
                          ("--samples", args.samples, 0), ("--max-images", args.max_images, 1),
-                         ("--threads", args.threads, 1)):  # fmt: skip
+                         ("--threads", args.threads, 0)):  # fmt: skip
         if v is not None and v < low:
             raise UsageError(f"{flag} must be >= {low}, got {v}")
     backends = None
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         latency_runs=args.latency_runs,
         warmup=args.warmup,
-        threads=args.threads,
+        threads=args.threads or None,
         backends=backends,
         samples=args.samples,
         names=args.names,

@@ -11,9 +11,11 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from rtseg.data.io import read_image, read_label
 from rtseg.utils.io import atomic_open
 from rtseg.utils.progress import tqdm
 
@@ -23,6 +25,7 @@ __all__ = [
     "SegDataset",
     "apply_lut",
     "cache_dir",
+    "check_dataset",
     "default_palette",
     "make_lut",
     "read_image",
@@ -79,43 +82,6 @@ class SegDataset:
 
 # ----------------------------------------------------------------------------------------------
 # strict readers
-
-
-def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable image file ({e.__class__.__name__}: {e})") from None
-    return img
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to ``H x W x 3`` uint8 RGB; ``ValueError`` naming the file if unreadable."""
-    img = _open(Path(path))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
-
-
-def read_label(path: str | os.PathLike, allow_color: bool = False) -> np.ndarray:
-    """Decode a label PNG to ``H x W`` integer ids (or ``H x W x 3`` uint8 colours if ``allow_color``).
-
-    Palette ("P") images yield their indices, never their colours: that is how index masks are
-    stored by most annotation tools.
-    """
-    path = Path(path)
-    img = _open(path)
-    if img.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
-        arr = np.asarray(img)
-        return arr.astype(np.uint8) if img.mode == "1" else arr
-    if allow_color and img.mode in ("RGB", "RGBA", "LA"):
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    raise ValueError(f"{path}: label image has mode {img.mode!r}; expected a single-channel id map")
 
 
 def make_lut(mapping: dict[int, int], size: int = 65536) -> np.ndarray:
@@ -262,3 +228,32 @@ class FileSegDataset(SegDataset):
         for ip, lp in self.files:
             h.update(f"{ip.resolve()}|{lp.resolve()}|{lp.stat().st_size}\n".encode())
         return h.hexdigest()[:16]
+
+
+def check_dataset(ds: SegDataset, progress: bool = False, max_errors: int = 1000) -> int:
+    """Decode every sample of ``ds`` once -- image and label files, their sizes, the label ids -- so that a
+    bad file fails before any training or evaluation work, not an epoch in. A cached dataset is filled on the
+    way (the same decode). Generated datasets (no files) pass at once. Returns the number of samples checked;
+    raises one ``ValueError`` whose line names the first bad file (and how many more there are).
+    """
+    if not isinstance(ds, FileSegDataset):
+        return 0
+    it: Any = range(len(ds))
+    if progress:
+        it = tqdm(it, desc=f"checking {ds.name}/{ds.split}", unit="img", leave=False)
+    errors: list[str] = []
+    for i in it:
+        try:
+            if ds.cache is None:
+                ds.decode(i)
+            else:
+                ds._cached(i)
+        except (ValueError, OSError) as e:
+            errors.append(str(e))
+            if len(errors) >= max_errors:
+                break
+    if errors:
+        more = f" (and {len(errors) - 1} more bad sample{'s' if len(errors) > 2 else ''} in {ds.name}/{ds.split})" \
+            if len(errors) > 1 else ""
+        raise ValueError(f"{errors[0]}{more}")
+    return len(ds)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rtseg.nn.grouping import ALPHA_SCHEDULES, KERNELS, SCOPES
+from rtseg.utils.checks import parse_device
 from rtseg.utils.io import atomic_write_text
 
 __all__ = [
@@ -62,6 +64,8 @@ class TrainConfig:
     val_split: str | None = "val"  # None skips validation (then best.pt follows the train loss)
     cache: bool = False  # keep decoded frames in RAM: PNG decoding is the loader's main cost
     init: str | None = None  # rtseg checkpoint whose matching weights start the run (stage 2 alone)
+    init_strict: bool = True  # refuse an init= checkpoint of which most tensors do not fit (another model)
+    check_data: bool = True  # decode every sample of every split before epoch 1: a bad file fails in seconds
 
     # ---- schedule of stages -----------------------------------------------------------------
     stages: tuple[str, ...] = ("full",)  # ('encoder', 'full') = the papers' two-stage procedure
@@ -139,6 +143,11 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
+        for f in dataclasses.fields(self):  # nan/inf never make sense: lr=inf trained to the end before
+            v = getattr(self, f.name)
+            vals = v if isinstance(v, tuple) else (v,)
+            need(all(not isinstance(x, float) or math.isfinite(x) for x in vals),
+                 f"{f.name} must be a finite number, got {v!r}")
         need(len(self.stages) > 0, "stages: give at least one of 'encoder', 'full'")
         for s in self.stages:
             need(s in STAGES, f"stages: unknown stage {s!r}{_suggest(s, STAGES)}; choose from {STAGES}")
@@ -175,9 +184,24 @@ class TrainConfig:
             need(
                 val in choices, f"{key}: unknown value {val!r}{_suggest(val, choices)}; choose from {choices}"
             )
+        need(self.epochs <= 100_000 and (self.encoder_epochs or 1) <= 100_000, "epochs must be <= 100000")
+        need(self.batch_size <= 4096 and (self.val_batch_size or 1) <= 4096, "batch_size must be <= 4096")
+        need(all(v <= 16384 for v in self.crop), f"crop must be at most 16384 x 16384, got {self.crop}")
+        need(self.scale[1] <= 16, f"scale max must be <= 16, got {self.scale}")
         need(self.weight_c > 0, f"weight_c must be > 0, got {self.weight_c}")
-        need(0 <= self.ignore_index, f"ignore_index must be >= 0, got {self.ignore_index}")
+        need(0 <= self.ignore_index <= 65535, f"ignore_index must be in 0..65535, got {self.ignore_index}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.lr <= 10, f"lr must be <= 10 (a learning rate that large only diverges), got {self.lr}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.poly_power > 0, f"poly_power must be > 0, got {self.poly_power}")
+        need(self.plateau_patience >= 0, f"plateau_patience must be >= 0, got {self.plateau_patience}")
+        need(0 <= self.seed < 2**32, f"seed must be in 0..2**32-1, got {self.seed}")
+        need(self.workers is None or self.workers <= 256, f"workers must be <= 256, got {self.workers}")
+        try:
+            parse_device(self.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        need(self.init is None or bool(self.init.strip()), "init: give a checkpoint path or shipped name, or none")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.encoder_lr is None or self.encoder_lr > 0, f"encoder_lr must be > 0, got {self.encoder_lr}")
         need(
@@ -192,7 +216,7 @@ class TrainConfig:
         return self
 
     def _validate_grouping(self, need: Any) -> None:
-        need(self.gradual_groups >= 0, f"gradual_groups must be >= 2 (0 or 1 = off), got {self.gradual_groups}")
+        need(0 <= self.gradual_groups <= 1024, f"gradual_groups must be >= 2 (0 or 1 = off), got {self.gradual_groups}")
         for key, val, choices in (
             ("gradual_scope", self.gradual_scope, SCOPES),
             ("gradual_kernels", self.gradual_kernels, KERNELS),

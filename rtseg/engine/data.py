@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rtseg.data import build_dataset
+from rtseg.data.base import check_dataset
 from rtseg.data.transforms import pad_collate
 from rtseg.engine.config import ConfigError, TrainConfig
 
@@ -101,7 +102,8 @@ def make_loader(
     )
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Any, Any | None]:
+def build_datasets(cfg: TrainConfig, progress: bool = False) -> tuple[Any, Any | None]:
+    """The train and val datasets, every sample of both decoded once (``check_data``) before epoch 1."""
     kw = dict(cfg.dataset_kwargs)
     if cfg.cache:
         kw["cache"] = True
@@ -111,7 +113,9 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, Any | None]:
         if ds is not None and len(ds) == 0:
             raise ConfigError(f"dataset {cfg.dataset!r} split {ds.split!r} has no samples (root={cfg.root})")
         if ds is not None and cfg.cache and hasattr(ds, "preload"):
-            ds.preload()  # decode once in the parent: forked workers share the pages copy-on-write
+            ds.preload(progress=progress)  # decode once in the parent: forked workers share the pages copy-on-write
+        elif ds is not None and cfg.check_data:
+            check_dataset(ds, progress=progress)  # a corrupt val image fails now, not after epoch 1
     if val_ds is not None and list(val_ds.class_names) != list(train_ds.class_names):
         raise ConfigError(
             f"{cfg.dataset}: splits {cfg.train_split!r} and {cfg.val_split!r} have different classes"

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rtseg.engine.config import ConfigError
+from rtseg.utils.checks import check_device
 
 __all__ = ["DistInfo", "all_ranks_true", "init_distributed", "pick_device", "sync_buffers"]
 
@@ -41,12 +42,11 @@ def init_distributed(device_pref: str) -> DistInfo:
 
 
 def pick_device(pref: str, d: DistInfo) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(pref)
+    try:
+        dev = check_device(pref, "device")  # one that exists on this machine, before any data is read
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda but torch sees no CUDA device (use device=cpu)")
         if dev.index is None:
             dev = torch.device("cuda", d.local_rank if d.world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)

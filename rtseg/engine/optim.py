@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rtseg.checkpoint import load_checkpoint
+from rtseg.checkpoint import load_checkpoint, resolve_checkpoint
 from rtseg.engine.config import ConfigError, TrainConfig
 
 __all__ = ["ModelEMA", "build_optimizer", "build_scheduler", "init_from"]
@@ -39,17 +39,28 @@ class ModelEMA:
         self.module.load_state_dict(model.state_dict())
 
 
-def init_from(model: nn.Module, path: str) -> int:
-    """Copy every same-named, same-shaped tensor of rtseg checkpoint ``path`` into ``model``."""
-    src = load_checkpoint(path)["state_dict"]
+def init_from(model: nn.Module, path: str, strict: bool = True) -> dict[str, Any]:
+    """Copy every same-named, same-shaped tensor of rtseg checkpoint ``path`` into ``model``.
+
+    Returns ``{"loaded", "total", "path", "skipped"}`` (``skipped``: the model's tensors left at their
+    initial values). With ``strict`` (``init_strict=true``, the default) an init= that fits fewer than half
+    of the model's tensors -- a checkpoint of another architecture -- is refused instead of loading a few.
+    """
+    ckpt_path = resolve_checkpoint(path)
+    src = load_checkpoint(ckpt_path)["state_dict"]
     own = model.state_dict()
-    take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    take = {k: v for k, v in src.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    name = getattr(model, "rtseg_name", "?")
     if not take:
+        raise ConfigError(f"init={path}: no tensor of the checkpoint fits model {name}")
+    skipped = [k for k in own if k not in take]
+    if strict and len(take) * 2 < len(own):
         raise ConfigError(
-            f"init={path}: no tensor of the checkpoint fits model {getattr(model, 'rtseg_name', '?')}"
+            f"init={path}: only {len(take)} of model {name}'s {len(own)} tensors fit (e.g. {', '.join(skipped[:3])} "
+            "do not): it is a checkpoint of another architecture; set init_strict=false to load them anyway"
         )
     model.load_state_dict(take, strict=False)
-    return len(take)
+    return {"loaded": len(take), "total": len(own), "path": str(ckpt_path), "skipped": skipped}
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, split_encoder: bool = False) -> torch.optim.Optimizer:

@@ -73,6 +73,7 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= TRAIN_STATE_VERSION:
         raise ValueError(f"{path}: training state version {version!r} is not one this rtseg reads "
                          f"(1..{TRAIN_STATE_VERSION})")
+    _check_fields(state, path)
     return state
 
 
@@ -93,8 +94,42 @@ def _as_started(recorded: dict[str, Any]) -> dict[str, Any]:
     return recorded
 
 
+#: field -> the type it must have (checked before the config is resolved or a model built from the state)
+_FIELDS: dict[str, Any] = {
+    "config": dict, "stage_index": int, "stage": str, "epoch": int, "global_epoch": int, "model": dict,
+    "optimizer": dict, "scheduler": dict, "scaler": dict, "ema": dict, "best": dict, "class_names": list,
+    "history": list, "rng": dict,
+}
+
+
+def _check_fields(state: Mapping[str, Any], path: Path) -> None:
+    for key, tp in _FIELDS.items():
+        v = state.get(key)
+        if not isinstance(v, tp) or (tp is int and isinstance(v, bool)):
+            raise ValueError(f"{path}: training state field {key!r} must be {tp.__name__}, got {type(v).__name__}")
+    if not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in state["model"].items()):
+        raise ValueError(f"{path}: training state field 'model' must map names to tensors")
+    if not all(isinstance(c, str) for c in state["class_names"]):
+        raise ValueError(f"{path}: training state field 'class_names' must be a list of strings")
+    cw = state.get("class_weights")
+    if cw is not None and (not isinstance(cw, torch.Tensor) or cw.shape != (len(state["class_names"]),)):
+        raise ValueError(f"{path}: training state class_weights must be a tensor of {len(state['class_names'])} "
+                         "values (one per class)")
+    for key in ("torch", "numpy", "python", "loader"):
+        if key not in state["rng"]:
+            raise ValueError(f"{path}: training state rng lacks {key!r}")
+    if not 0 <= state["epoch"] <= 100_000 or not 0 <= state["global_epoch"] <= 200_000:
+        raise ValueError(f"{path}: training state epoch {state['epoch']} / global_epoch {state['global_epoch']} "
+                         "out of range")
+
+
 def resume_config(state: Mapping[str, Any], overrides: Mapping[str, Any]) -> TrainConfig:
-    cfg = load_config(_as_started(dict(state["config"])))
+    cfg = load_config(_as_started(dict(state["config"])))  # the stored config is validated like a new one
+    si = state["stage_index"]
+    if not 0 <= si < len(cfg.stages) or state["stage"] != cfg.stages[si] or state["epoch"] > cfg.stage_epochs(
+            cfg.stages[si]):
+        raise ConfigError(f"training state position (stage {si} {state['stage']!r}, epoch {state['epoch']}) does "
+                          f"not fit its config (stages {list(cfg.stages)})")
     bad = sorted(k for k in overrides if k not in RESUME_MUTABLE)
     if bad:
         raise ConfigError(

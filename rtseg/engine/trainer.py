@@ -57,6 +57,8 @@ from rtseg.eval.metrics import SegMetrics
 from rtseg.models import create_model
 from rtseg.nn.grouping import gradual_setup, set_alpha
 from rtseg.nn.space_to_batch import SpaceToBatchDepthwise, restore, speed_up
+from rtseg.utils.checks import plain_worker_errors
+from rtseg.utils.io import remove_stale_temps
 from rtseg.utils.machine import cpu_name
 from rtseg.utils.progress import tqdm
 
@@ -233,14 +235,21 @@ def _setup(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> _Run:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
 
-    train_ds, val_ds = build_datasets(cfg)
+    train_ds, val_ds = build_datasets(cfg, progress=d.main and cfg.progress)
     num_classes, class_names = train_ds.num_classes, list(train_ds.class_names)
+    ds_ignore = getattr(train_ds, "ignore_index", cfg.ignore_index)
+    if cfg.ignore_index != ds_ignore:
+        raise ConfigError(f"ignore_index={cfg.ignore_index}: dataset {cfg.dataset!r} marks void pixels {ds_ignore}; "
+                          f"use ignore_index={ds_ignore}")
     model = create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
     alpha_at = gradual_setup(model, cfg)  # gradual grouping: masked convs + alpha schedule (None when off)
     if cfg.init and state is None:
-        n = init_from(model, cfg.init)
-        if d.main and cfg.progress:
-            print(f"init: {n} tensors from {cfg.init}")
+        got = init_from(model, cfg.init, strict=cfg.init_strict)
+        if d.main:  # always said: a partial init is a decision the user must see
+            left = got["skipped"]
+            print(f"init: loaded {got['loaded']} of {got['total']} tensors from {got['path']}"
+                  + (f"; {len(left)} keep their initial values (e.g. {', '.join(left[:3])})" if left else ""),
+                  flush=True)
     model.to(device)
     if cfg.space_to_batch and device.type == "cpu":
         # issue #18: oneDNN's dilated depthwise weight gradient is the slowest op of an ESSNet step (and wrong
@@ -322,6 +331,8 @@ def _loaders(cfg: TrainConfig, d: DistInfo, device: torch.device, train_ds: Any,
 
 def _start(run: _Run, state: dict[str, Any] | None) -> tuple[int, int]:
     """(stage index, epoch) to start from: the training state's position, or the beginning of a new run."""
+    if run.d.main:  # a run killed mid-write left temporary files beside last.pt / best.pt: clear them
+        remove_stale_temps(run.run_dir)
     if state is None:
         if run.d.main:
             run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -397,27 +408,28 @@ def _train_epoch(run: _Run, stage: _Stage, epoch: int) -> _Epoch:
     data_s, skipped, bad_run, lr = 0.0, 0, 0, stage.optimizer.param_groups[0]["lr"]
     bar = _bar(run.train_loader, d.main and cfg.progress, f"{stage.name} {epoch + 1}/{stage.n_epochs}")
     t_data = time.perf_counter()
-    for step, (images, labels) in enumerate(bar):
-        data_s += time.perf_counter() - t_data
-        loss = _train_step(run, stage, images, labels, enc_group)
-        if loss is None:  # skipped: a non-finite loss or gradient
-            if not skipped and d.main:
-                print(f"warning: {stage.name} epoch {epoch + 1} step {step + 1}: non-finite "
-                      f"{run.last_nonfinite}; step skipped", flush=True)
-            skipped, bad_run = skipped + 1, bad_run + 1
-            if bad_run >= MAX_BAD_STEPS:
-                raise TrainingError(
-                    f"{stage.name} epoch {epoch + 1}: loss or gradients non-finite for {bad_run} consecutive "
-                    f"steps (lr {stage.optimizer.param_groups[0]['lr']:.2e}); try amp=false, a lower lr or "
-                    "grad_clip, and resume from the last good checkpoint"
-                )
-        else:
-            bad_run, lr = 0, run.last_lr
-            loss_sum += loss
-            if bar is not run.train_loader and (step % 10 == 0 or step == run.steps - 1):
-                rate = (step + 1 - skipped) * cfg.batch_size * d.world / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
-        t_data = time.perf_counter()
+    with plain_worker_errors():  # a worker's error: the same one line as in-process
+        for step, (images, labels) in enumerate(bar):
+            data_s += time.perf_counter() - t_data
+            loss = _train_step(run, stage, images, labels, enc_group)
+            if loss is None:  # skipped: a non-finite loss or gradient
+                if not skipped and d.main:
+                    print(f"warning: {stage.name} epoch {epoch + 1} step {step + 1}: non-finite "
+                          f"{run.last_nonfinite}; step skipped", flush=True)
+                skipped, bad_run = skipped + 1, bad_run + 1
+                if bad_run >= MAX_BAD_STEPS:
+                    raise TrainingError(
+                        f"{stage.name} epoch {epoch + 1}: loss or gradients non-finite for {bad_run} consecutive "
+                        f"steps (lr {stage.optimizer.param_groups[0]['lr']:.2e}); try amp=false, a lower lr or "
+                        "grad_clip, and resume from the last good checkpoint"
+                    )
+            else:
+                bad_run, lr = 0, run.last_lr
+                loss_sum += loss
+                if bar is not run.train_loader and (step % 10 == 0 or step == run.steps - 1):
+                    rate = (step + 1 - skipped) * cfg.batch_size * d.world / (time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+            t_data = time.perf_counter()
     seconds = time.perf_counter() - t0
     if d.world > 1:
         dist.all_reduce(loss_sum)  # every rank must see the same loss (plateau schedule)
@@ -467,6 +479,13 @@ def _train_step(run: _Run, stage: _Stage, images: torch.Tensor, labels: torch.Te
         enc_group["lr"] = saved_lr
     run.scaler.update()
     opt.zero_grad(set_to_none=True)
+    if not _params_finite(run.model):
+        bad = [n for n, p in run.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        raise TrainingError(
+            f"{stage.name}: {len(bad)} weight tensors became non-finite in an optimiser step (e.g. "
+            f"{', '.join(bad[:3])}; lr {run.last_lr:.3g}); stopped before saving them -- {run.run_dir} keeps "
+            "the last finite checkpoint; start again with a lower lr or grad_clip"
+        )
     if per_step:
         sched.step()
     if run.ema is not None:
@@ -484,6 +503,25 @@ def _step_is_finite(loss: torch.Tensor, model: nn.Module, check_grads: bool, wor
     return all_ranks_true(ok, world)
 
 
+def _params_finite(model: nn.Module) -> bool:
+    """Every weight finite? One fused norm per step; only when it is not finite are tensors looked at one by one
+    (a finite norm that overflowed is not an error)."""
+    ps = [p.detach() for p in model.parameters()]
+    if not ps or bool(torch.isfinite(nn.utils.get_total_norm(ps))):
+        return True
+    return all(bool(torch.isfinite(p).all()) for p in ps)
+
+
+def _nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of floating-point tensors (weights and buffers, e.g. BatchNorm statistics) that are not finite."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _finite_or_none(v: Any) -> Any:
+    """A log value as strict JSON: non-finite floats become null (Python's json would write NaN/Infinity)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _nonfinite_report(loss: torch.Tensor, model: nn.Module) -> str:
     """Which of loss / gradients went non-finite (for the first skipped step's warning)."""
     if not bool(torch.isfinite(loss.detach())):
@@ -496,9 +534,10 @@ def _nonfinite_report(loss: torch.Tensor, model: nn.Module) -> str:
 def _validate(run: _Run, stage: _Stage) -> dict[str, Any]:
     cfg = run.cfg
     metrics = SegMetrics(run.num_classes, ignore_index=cfg.ignore_index, class_names=run.class_names)
-    return evaluate_batches(run.eval_model, run.val_loader, metrics, device=run.device, amp=cfg.amp,
-                            encoder_only=stage.encoder_only, encoder_target=cfg.encoder_target,
-                            channels_last=run.channels_last)
+    with plain_worker_errors():
+        return evaluate_batches(run.eval_model, run.val_loader, metrics, device=run.device, amp=cfg.amp,
+                                encoder_only=stage.encoder_only, encoder_target=cfg.encoder_target,
+                                channels_last=run.channels_last)
 
 
 def _record(run: _Run, stage: _Stage, epoch: int, ep: _Epoch, metrics: dict[str, Any] | None) -> dict[str, Any]:
@@ -560,6 +599,11 @@ def _end_epoch(run: _Run, stage: _Stage, epoch: int, ep: _Epoch) -> bool:
     improved = score is not None and not math.isnan(score) and score > run.best["score"]
     if improved:
         run.best = {"score": score, "miou": record["val_miou"], "epoch": epoch + 1}
+    for name, m in (("model", run.model), ("EMA model", run.eval_model if run.ema is not None else None)):
+        bad = _nonfinite_tensors(m) if m is not None else []
+        if bad:  # never written as best.pt/last.pt: the previous last.pt stays the one to resume from
+            raise TrainingError(f"{stage.name} epoch {epoch + 1}: {len(bad)} {name} tensors are non-finite "
+                                f"(e.g. {', '.join(bad[:3])}); stopped without saving them")
     run.stopped = _plateau(run, stage, epoch)
     if run.stopped:
         record["stopped"] = run.stopped
@@ -571,7 +615,7 @@ def _end_epoch(run: _Run, stage: _Stage, epoch: int, ep: _Epoch) -> bool:
         print(f"[{stage.name} {epoch + 1}/{stage.n_epochs}] loss {ep.loss:.4f}{miou} "
               f"lr {record['lr']:.2e} {record['img_per_s']:.1f} img/s{' *' if improved else ''}")
     with open(run.run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}, allow_nan=False) + "\n")
     if improved:
         save_model(run.eval_model, stage.best_path, class_names=run.class_names, dataset=cfg.dataset,
                    stage=stage.name, epoch=epoch + 1, val_miou=record["val_miou"],

@@ -26,7 +26,8 @@ from rtseg.data.cityscapes import Cityscapes
 from rtseg.data.registry import build_dataset
 from rtseg.data.transforms import downsample_label
 from rtseg.eval.metrics import CityscapesMetrics, SegMetrics, pyplot, save_plots, to_jsonable
-from rtseg.utils.io import atomic_write_text
+from rtseg.utils.checks import check_device, plain_worker_errors
+from rtseg.utils.io import atomic_write_text, check_outputs_not_inputs
 from rtseg.utils.progress import tqdm
 
 __all__ = ["autocast", "evaluate", "evaluate_batches", "logits_of", "to_input"]
@@ -196,7 +197,9 @@ def evaluate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = check_device(device, "device")  # one this machine has, before the weights and data are read
+    if json_out is not None and not isinstance(model_or_weights, nn.Module) and Path(model_or_weights).is_file():
+        check_outputs_not_inputs([model_or_weights], json_out, [json_out], what="json_out")  # --json best.pt
     if plots_dir is not None:
         pyplot()  # a missing matplotlib fails now, not after the whole evaluation
     model, weights, ds = _resolve(model_or_weights, dataset, root, split, dev, dataset_kw)
@@ -212,7 +215,7 @@ def evaluate(
     bar = tqdm(total=n, desc=f"eval {ds.name}/{ds.split}", unit="img") if progress else None
     start = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), plain_worker_errors():
             res = evaluate_batches(model, _same_size_batches(loader), metrics, device=dev, distributed=False,
                                    on_batch=bar.update if bar is not None else None)
     finally:

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rtseg.checkpoint import load_model
 from rtseg.models import create_model, list_models
+from rtseg.utils.checks import check_threads
 from rtseg.utils.timing import time_calls
 
 __all__ = ["Profile", "count_params", "count_flops", "peak_activation_bytes", "measure_latency", "profile_model"]
@@ -106,7 +107,7 @@ def peak_activation_bytes(model: nn.Module, size: tuple[int, int], batch: int = 
 def measure_latency(model: nn.Module, size: tuple[int, int], batch: int = 1, warmup: int = 3, runs: int = 10,
                     threads: int | None = None) -> dict[str, float]:
     """Eager latency in ms of ``model`` on a random input: median, p90, min over ``runs`` after ``warmup``."""
-    threads = threads or os.cpu_count() or 1
+    threads = check_threads(threads) or os.cpu_count() or 1  # 0/None = all cores; negative: one-line error
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -36,8 +36,9 @@ class SegmentationModel(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        mean_t = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
-        std_t = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
+        # checked on the CPU: rtseg.load_model first builds a checkpoint's model on the "meta" device
+        mean_t = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32, device="cpu")
+        std_t = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32, device="cpu")
         if mean_t.shape != (3,) or std_t.shape != (3,) or bool((std_t <= 0).any()):
             raise ValueError(f"mean/std must be 3 values with std > 0, got mean={mean} std={std}")
         # Persistent buffers: the normalisation travels with the weights and into exported graphs.
