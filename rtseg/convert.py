@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from rtseg.errors import CheckpointError
 from rtseg.models._registry import create_model, suggest
 
-__all__ = ["Converted", "register_converter", "list_converters", "convert_state_dict", "convert_file"]
+__all__ = ["Converted", "convert_file", "convert_state_dict", "list_converters", "register_converter"]
 
 
 @dataclass

@@ -42,7 +42,7 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def _cpu_name() -> str:
-    from rtseg.bench import machine_info
+    from rtseg.deploy.bench import machine_info
 
     return machine_info().get("cpu") or platform.machine()
 
@@ -213,7 +213,7 @@ def record_int8_keep_float(name: str, modules: list[str], evidence: dict[str, An
 
 
 def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_dir: Path | None = None) -> dict:
-    """Store ``rtseg.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
+    """Store ``rtseg.deploy.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
     ``backend/precision``, with size, threads and the machine); the weights file itself is unchanged."""
     d = weights_dir or WEIGHTS_DIR
     index = _index(d)

@@ -6,7 +6,7 @@
 1. evaluates the checkpoint on its own dataset's validation split (name / root / kwargs from the
    checkpoint's config; overridable), keeping per-class IoU and the confusion matrix;
 2. measures params and MACs at the evaluation size (:mod:`rtseg.profiler`) and the median eager
-   latency on this machine (plus ONNX Runtime latency through :class:`rtseg.segmenter.Segmenter`
+   latency on this machine (plus ONNX Runtime latency through :class:`rtseg.deploy.Segmenter`
    when both are installed);
 
 and writes into ``out``: ``index.html`` (plain HTML, inline CSS, images referenced relatively),
@@ -198,14 +198,14 @@ def _architecture(name: str, grouping: dict[str, Any] | None) -> str:
 
 def _ort_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec(
-        "rtseg.segmenter") is not None  # fmt: skip
+        "rtseg.deploy") is not None  # fmt: skip
 
 
 @torch.inference_mode()
 def _ort_latency(model: nn.Module, size: tuple[int, int], warmup: int, runs: int,
                  threads: int | None) -> dict[str, Any]:
     """Median latency of the ONNX Runtime (CPU, fp32) deploy graph on a ``1 x 3 x H x W`` input."""
-    from rtseg.segmenter import Segmenter
+    from rtseg.deploy import Segmenter
 
     div = int(getattr(model, "size_divisor", 1))
     fixed = size if size[0] % div == 0 and size[1] % div == 0 else None  # else: dynamic graph, padded input
@@ -836,7 +836,7 @@ def report(
         threads: CPU threads for evaluation and latency (default: all cores); torch's setting is
             restored afterwards.
         backends: latency backends from :data:`BACKENDS`; default ``torch`` plus ``onnxruntime`` when it
-            and :mod:`rtseg.segmenter` are installed. A backend that fails is reported with its error.
+            and :mod:`rtseg.deploy` are installed. A backend that fails is reported with its error.
         samples: images in the qualitative grid (spread evenly over the evaluated images).
         names: display labels, one per run (default: run folder name / checkpoint file stem).
         device: where to evaluate and time the eager model (default ``cuda`` when available).
@@ -874,7 +874,7 @@ def report(
         if b not in BACKENDS:
             raise ValueError(f"unknown latency backend {b!r}; choose from {', '.join(BACKENDS)}")
     if "onnxruntime" in backends and not _ort_available():
-        raise ValueError("backend 'onnxruntime' needs onnxruntime and rtseg.segmenter: pip install rtseg[deploy]")
+        raise ValueError("backend 'onnxruntime' needs onnxruntime and rtseg.deploy: pip install rtseg[deploy]")
     _pyplot()  # fail before any slow work when matplotlib is missing
 
     sources = [_resolve(r) for r in runs]  # every argument is checked before anything slow runs

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from rtseg._io import atomic_open
 from rtseg.data.base import IGNORE_INDEX
 
-__all__ = ["colorize", "overlay", "grid", "save_png", "save_label_png"]
+__all__ = ["colorize", "grid", "overlay", "save_label_png", "save_png"]
 
 VOID_COLOR = (0, 0, 0)
 

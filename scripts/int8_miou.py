@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     import rtseg
     from rtseg._io import atomic_write_text
     from rtseg.data import build_dataset
+    from rtseg.deploy import Segmenter
     from rtseg.evaluate import evaluate
     from rtseg.hub import record_int8_keep_float
-    from rtseg.segmenter import Segmenter
 
     configs = [tuple(c.split("/")) for c in (a.config or ["openvino/int8", "onnxruntime/int8"])]
     rows = []
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _control_pairs(ds, calib_count: int, count: int) -> list:
     """``count`` labelled images of ``ds`` spread over it, none of the ``calib_count`` calibration ones
-    (:func:`rtseg.segmenter.load_images` picks those at ``linspace(0, n - 1, calib_count)``)."""
+    (:func:`rtseg.deploy.load_images` picks those at ``linspace(0, n - 1, calib_count)``)."""
     import numpy as np
 
     n = len(ds)

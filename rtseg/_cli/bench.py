@@ -1,4 +1,4 @@
-"""``rtseg bench``: the command-line face of :func:`rtseg.bench.benchmark`."""
+"""``rtseg bench``: the command-line face of :func:`rtseg.deploy.benchmark`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backend is paired with each --precision (unsupported pairs are skipped with a reason); a 'baseline' "
         "row (unfused eager PyTorch fp32, the released code's setting) is added unless --no-baseline.",
     )
-    p.add_argument("models", nargs="+", metavar="MODEL_OR_CKPT")
+    p.add_argument("models", nargs="+", metavar="MODEL_OR_CKPT",
+                   help="registry name, checkpoint, shipped weights name, or exported artifact (.xml / .onnx: "
+                        "timed as written, at its own size and precision)")
     p.add_argument("--size", type=parse_size, action="append", default=None,
                    help="input HxW (repeatable; default 512x1024)")
     p.add_argument("--backend", action="append", choices=["torch", "onnxruntime", "openvino"], default=None,
@@ -45,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtseg.bench import benchmark, machine_info, to_json
     from rtseg.cli import UsageError
+    from rtseg.deploy.bench import benchmark, machine_info, to_json
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 log(f"  {k:<40} {v:9.2f} ms  {100 * v / total:5.1f}%")
     if args.markdown:
         from rtseg._io import atomic_write_text
-        from rtseg.bench import markdown_table
+        from rtseg.deploy.bench import markdown_table
 
         atomic_write_text(args.markdown, markdown_table(rows))
     if args.json_out:

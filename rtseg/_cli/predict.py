@@ -1,4 +1,4 @@
-"""``rtseg predict``: the command-line face of :func:`rtseg.predict.predict`."""
+"""``rtseg predict``: the command-line face of :func:`rtseg.deploy.predict`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write palette label PNGs, colour overlays and side-by-side videos into --out.",
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob pattern, video, or camera index")
-    p.add_argument("--weights", required=True, help="rtseg checkpoint file or shipped weights name")
+    p.add_argument("--weights", required=True, help="rtseg checkpoint file, shipped weights name, or an exported "
+                   "artifact (.xml / .onnx from `rtseg export`: runs as written, no calibration)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="default auto: the fastest installed runtime (openvino, onnxruntime, torch); for an "
+                        "artifact, the runtime its suffix names")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
+                   help="default fp32 (an artifact: its own precision)")
+    p.add_argument("--queue", type=int, default=4, help="videos: frames each pipeline queue holds (default 4)")
     p.add_argument("--size", type=parse_size, default=None,
                    help="fixed model input HxW (images are resized to it and back); default: native resolution")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -40,24 +45,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rtseg.cli import UsageError
-    from rtseg.predict import predict
+    from rtseg.deploy.predict import predict
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if args.precision == "int8" and args.calib is None:
-        raise UsageError("--precision int8 needs --calib (a folder or glob of training images)")
+    from rtseg.deploy.artifact import is_artifact_path
+
+    if args.precision == "int8" and args.calib is None and not is_artifact_path(args.weights):
+        raise UsageError("--precision int8 needs --calib (a folder or glob of training images), or an int8 "
+                         "artifact from `rtseg export --precision int8` as --weights")
     kw = {"threads": args.threads, "graph_argmax": args.graph_argmax}
     if args.calib is not None:
         kw.update(calibration=args.calib, calibration_size=args.calib_count)
     if args.int8_keep_float is not None:
         kw["int8_keep_float"] = args.int8_keep_float
-    s = predict(args.weights, args.sources, args.out, backend=args.backend, precision=args.precision,
-                size=args.size, overlay=args.overlay, side_by_side=args.side_by_side,
-                save_frames=args.save_frames, alpha=args.alpha, progress=not args.quiet, **kw)
+    try:
+        s = predict(args.weights, args.sources, args.out, backend=args.backend, precision=args.precision,
+                    size=args.size, overlay=args.overlay, side_by_side=args.side_by_side,
+                    save_frames=args.save_frames, alpha=args.alpha, progress=not args.quiet,
+                    queue_depth=args.queue, **kw)
+    except ValueError as e:  # artifact / option refusals: one line
+        raise UsageError(str(e)) from None
     what = ", ".join(x for x in (f"{s.images} images" if s.images else "", f"{s.frames} frames" if s.frames else "")
                      if x) or "nothing"
-    print(f"segmented {what} in {s.seconds:.1f} s ({s.fps:.1f} FPS incl. decode/encode), "
-          f"{len(s.outputs)} files in {args.out}")
+    print(f"segmented {what} in {s.seconds:.1f} s with {s.backend}/{s.precision} ({s.fps:.1f} FPS end to end, "
+          f"incl. decode/encode), {len(s.outputs)} files in {args.out}")
+    if s.graph_fps:
+        print(f"graph alone: {s.graph_fps:.1f} FPS; end to end = {100 * s.fps / s.graph_fps:.0f}% of it")
     for msg in s.skipped:
         print(f"skipped: {msg}")
     return 1 if s.skipped and not (s.images or s.frames) else 0
