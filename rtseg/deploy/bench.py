@@ -269,8 +269,10 @@ def benchmark(
             "calibration_size": calibration_size, "graph_argmax": graph_argmax, "int8_keep_float": int8_keep_float}
     rows: list[BenchResult] = []
     for spec in models:
-        if is_artifact_path(spec):
-            rows += _artifact_rows(str(spec), list(dict.fromkeys(b for b, _ in configs)), threads, opts, log)
+        if is_artifact_path(spec):  # the runtimes of configs that run this file (.xml: openvino; .onnx: both)
+            runs = ("openvino",) if str(spec).lower().endswith(".xml") else ("onnxruntime", "openvino")
+            backends = [b for b in dict.fromkeys(b for b, _ in configs) if b in runs] or ["auto"]
+            rows += _artifact_rows(str(spec), backends, threads, opts, log)
             continue
         model = _load(spec, num_classes)
         deploy = "deploy+argmax" if graph_argmax else "deploy"
