@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", action="store_true", help="per-layer-type time breakdown for every row")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="module path int8 leaves in float (repeatable; default: for shipped weights, the list "
-                        "recorded with them)")
+                        "recorded with them; 'none': no module)")
     p.add_argument("--argmax", action="store_true",
                    help="time the deploy graphs with the argmax inside (uint8 labels out, as export --argmax)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE",
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                      throughput_seconds=args.throughput_seconds, baseline=not args.no_baseline,
                      profile=args.profile, calibration=args.calib, calibration_size=args.calib_count,
                      num_classes=args.num_classes, graph_argmax=args.argmax,
-                     int8_keep_float=args.int8_keep_float, log=log)
+                     int8_keep_float=[] if args.int8_keep_float == ["none"] else args.int8_keep_float, log=log)
     if args.profile:
         for r in rows:
             total = sum(r.profile.values()) or 1.0

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-count", type=int, default=32, help="int8: number of calibration images (default 32)")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="int8: module path left in float (repeatable; default: for shipped weights, the list "
-                        "recorded with them)")
+                        "recorded with them; 'none': no module)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for calibration and checks")
     p.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the model's default size)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch/height/width (sides multiple of 8)")
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         res = export(model, args.out, format=fmt, size=size, dynamic=args.dynamic, argmax=args.argmax,
                      opset=args.opset, verify=not args.no_verify, precision=args.precision,
                      calibration=args.calib, calibration_size=args.calib_count,
-                     int8_keep_float=args.int8_keep_float, source=args.weights, threads=args.threads)
+                     int8_keep_float=[] if args.int8_keep_float == ["none"] else args.int8_keep_float, source=args.weights, threads=args.threads)
     except (ExportError, ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
     if args.json_out:

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-count", type=int, default=32, help="int8: number of calibration images (default 32)")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="int8: module path left in float (repeatable; default: for shipped weights, the list "
-                        "recorded with them)")
+                        "recorded with them; 'none': no module)")
     p.add_argument("--graph-argmax", action="store_true",
                    help="argmax inside the runtime graph (uint8 labels out: less memory traffic; labels of "
                         "resized frames are resized back nearest-neighbour)")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calib is not None:
         kw.update(calibration=args.calib, calibration_size=args.calib_count)
     if args.int8_keep_float is not None:
-        kw["int8_keep_float"] = args.int8_keep_float
+        kw["int8_keep_float"] = [] if args.int8_keep_float == ["none"] else args.int8_keep_float
     try:
         s = predict(args.weights, args.sources, args.out, backend=args.backend, precision=args.precision,
                     size=args.size, overlay=args.overlay, side_by_side=args.side_by_side,

@@ -99,8 +99,16 @@ def palette_for(model: Any, num_classes: int) -> np.ndarray:
 
 
 def _to_tensor(im: np.ndarray) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``1 x 3 x H x W`` float in [0, 1]."""
-    return torch.from_numpy(np.require(im, requirements="W")).permute(2, 0, 1)[None].float().div_(255.0)
+    """``H x W x 3`` uint8 -> ``1 x 3 x H x W`` float in [0, 1]. In NumPy (one thread, same values as
+    torch's ``float().div(255)``): torch's intra-op threads spinning next to the runtime's own pool made this
+    step 8x slower on a 2-core CPU."""
+    return torch.from_numpy(np.divide(im.transpose(2, 0, 1)[None], np.float32(255.0), dtype=np.float32))
+
+
+def labels_of(logits: torch.Tensor) -> torch.Tensor:
+    """``C x H x W`` logits -> ``H x W`` uint8 argmax (the first maximal class, as ``torch.argmax``). NumPy's
+    argmax: torch's argmax over the channel dim took 95 ms at 12 x 360 x 480 where NumPy takes 23 ms."""
+    return torch.from_numpy(np.argmax(logits.numpy(), axis=0).astype(np.uint8))
 
 
 def _check_args(backend: str, precision: str, calibration: Any, int8_control: Any, int8_max_drop: float) -> None:
@@ -384,7 +392,7 @@ class Segmenter:
             out = self.forward_tensor(_to_tensor(im))[0]  # labels already with graph_argmax (logits() refuses)
             if labels and not self.graph_argmax:
                 t0 = time.perf_counter()
-                out = out.argmax(0).to(torch.uint8)
+                out = labels_of(out)
                 self.speed["post"] += (time.perf_counter() - t0) * 1e3
             outs.append(out.numpy())
         if single:
