@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["INT8_KEEP_FLOAT", "FloatScopes", "quantize_onnx", "quantize_openvino", "quantized_ops"]
+__all__ = ["INT8_KEEP_FLOAT", "FloatScopes", "high_resolution_convs", "quantize_onnx", "quantize_openvino", "quantized_ops"]
 
 #: Operator types int8 leaves in floating point (per runtime's op naming). Transposed convs: quantizing them
 #: (and so their input, per tensor) cost the trained ``essnet_dg2s_cs_camvid`` 20 mIoU points on CamVid val
@@ -64,6 +64,34 @@ class FloatScopes:
         """The outermost modules holding ``nodes`` (plus ``also``): "a.b" already covers "a.b.c"."""
         mods = {m for m in (self.module_of(n) for n in nodes) if m} | set(also)
         return sorted(m for m in mods if not any(m.startswith(o + ".") for o in mods))
+
+
+def high_resolution_convs(net: Any, size: tuple[int, int], min_fraction: float = 0.5) -> list[str]:
+    """Module paths of the blocks (parent modules) of the ``nn.Conv2d`` layers of ``net`` (a deploy-form
+    model) whose input is at least ``min_fraction`` of the input height: the stem and the last decoder stage,
+    which the default int8 rule keeps in float (docs/deploy.md). Found by one forward pass at ``size``."""
+    import torch
+    from torch import nn
+
+    seen: dict[str, int] = {}
+
+    def hook(name: str) -> Any:
+        def record(mod: Any, inp: tuple) -> None:  # returns None: the input is left unchanged
+            seen.setdefault(name, int(inp[0].shape[-2]))
+
+        return record
+
+    hooks = [m.register_forward_pre_hook(hook(name)) for name, m in net.named_modules()
+             if isinstance(m, nn.Conv2d) and name]
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(1, 3, *size))
+    finally:
+        for h in hooks:
+            h.remove()
+    # the block around each such conv (its parent module: conv + the concat / add / affine it feeds), outermost only
+    blocks = {n.rpartition(".")[0] or n for n, h in seen.items() if h >= min_fraction * size[0]}
+    return sorted(b for b in blocks if not any(b.startswith(o + ".") for o in blocks))
 
 
 def quantized_ops(ir: Any) -> set[str]:

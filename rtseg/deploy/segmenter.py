@@ -48,6 +48,10 @@ from rtseg.deploy.images import as_image, labelled_pairs, load_images
 __all__ = ["BACKENDS", "PRECISIONS", "Segmenter", "cpu_supports_bf16", "palette_for"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
+#: int8 float modules of a checkpoint without a recorded list and without ``int8_keep_float``: "high-res"
+#: keeps the convs that read at least half the input resolution in float
+#: (:func:`rtseg.deploy.quantize.high_resolution_convs`; measured in docs/deploy.md), "none" keeps none
+INT8_DEFAULT_RULE = "high-res"
 
 
 def cpu_supports_bf16() -> bool:
@@ -234,10 +238,11 @@ class Segmenter:
 
             model = load_model(weights)
         meta = getattr(model, "rtseg_meta", None) or {}
+        recorded = None
         if keep_float is None and meta.get("shipped_as") and precision == "int8":
             from rtseg.hub import weights_info  # the layers its accuracy-controlled int8 kept in float
 
-            keep_float = (weights_info().get(meta["shipped_as"]) or {}).get("int8_keep_float")
+            recorded = keep_float = (weights_info().get(meta["shipped_as"]) or {}).get("int8_keep_float")
         self.model = model.eval()
         self.backend, self.precision, self.graph_argmax = backend, precision, bool(argmax)
         self.num_classes = int(model.num_classes)
@@ -249,7 +254,15 @@ class Segmenter:
         if self.size is not None and (self.size[0] % self.divisor or self.size[1] % self.divisor):
             raise ValueError(f"size {self.size[0]}x{self.size[1]} must be a multiple of {self.divisor} for {self.name}")
         self._scopes = None
-        #: module paths whose layers run in float in the int8 graph (given, recorded, or found by int8_control)
+        #: how :attr:`int8_keep_float` was chosen: "given", "recorded" (shipped weights) or "high-res" (the rule)
+        self.int8_rule = "recorded" if recorded is not None else "given" if keep_float is not None else "high-res"
+        if keep_float is None and precision == "int8" and INT8_DEFAULT_RULE == "high-res":
+            from rtseg.deploy.export import deploy_model
+            from rtseg.deploy.quantize import high_resolution_convs
+
+            keep_float = high_resolution_convs(deploy_model(model), self.export_size())
+        #: module paths whose layers run in float in the int8 graph (given, recorded, the default rule, or
+        #: found by int8_control)
         self.int8_keep_float: list[str] = list(keep_float or [])
         if self.int8_keep_float:
             self.float_scopes().check(self.int8_keep_float)
@@ -426,7 +439,8 @@ class Segmenter:
                 "size": list(self.size) if self.size else None, "threads": self.threads,
                 "graph_argmax": self.graph_argmax, "build_s": round(self.build_seconds, 2),
                 **({"artifact": True} if self.artifact is not None else {}),
-                **({"int8_keep_float": list(self.int8_keep_float)} if self.precision == "int8" else {})}
+                **({"int8_keep_float": list(self.int8_keep_float),
+                    "int8_rule": getattr(self, "int8_rule", "artifact")} if self.precision == "int8" else {})}
 
     def close(self) -> None:
         """Release the runtime and delete the exported graphs (also done when garbage-collected)."""

@@ -164,7 +164,8 @@ def test_int8_keep_float_modules_openvino(model, graph_argmax):
     from rtseg.deploy import quantized_ops
 
     calib = [bench_image((64, 96), seed=s) for s in range(3, 6)]
-    base = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax)
+    base = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax,
+                     int8_keep_float=[])
     keep = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax,
                      int8_keep_float=["encoder.initial_block", "decoder.layers.1.conv1L_1"])
     q0, q1 = quantized_ops(base.runtime.ir), quantized_ops(keep.runtime.ir)
@@ -227,10 +228,11 @@ def test_shipped_weights_use_their_recorded_int8_float_modules(tmp_path, monkeyp
     # also when the model was loaded by name first (rtseg bench and scripts pass loaded models)
     seg = Segmenter(rtseg.load_model("tiny_syn"), "onnxruntime", "int8", size=(48, 64), calibration=calib)
     assert seg.int8_keep_float == ["encoder.initial_block"]
-    assert Segmenter(rtseg.load_model(wdir / "tiny_syn.pt"), "onnxruntime", "int8", size=(48, 64),
-                     calibration=calib).int8_keep_float == []  # a file path is not a shipped name
+    by_file = Segmenter(rtseg.load_model(wdir / "tiny_syn.pt"), "onnxruntime", "int8", size=(48, 64),
+                        calibration=calib)  # a file path is not a shipped name: the default rule applies
+    assert by_file.int8_rule == "high-res" and seg.int8_rule == "recorded"
     seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib, int8_keep_float=[])
-    assert seg.int8_keep_float == []
+    assert seg.int8_keep_float == [] and seg.int8_rule == "given"
     with pytest.raises(KeyError, match="nope"):
         hub.record_int8_keep_float("nope", [], {}, weights_dir=wdir)
 
