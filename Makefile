@@ -19,9 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/rtseg demo --out runs/demo
 
-# Test modules that run OpenVINO go in their own process: after OpenVINO inference, later PyTorch
+# Test modules that run OpenVINO (all of tests/deploy: backend="auto" picks OpenVINO) go in their own process: after OpenVINO inference, later PyTorch
 # training in the same process was seen to crash (heap corruption; docs/deploy.md, "Known issues").
-OV_TESTS := tests/test_export.py tests/test_segmenter.py
+OV_TESTS := tests/deploy
 OV_IGNORE := $(foreach t,$(OV_TESTS),--ignore=$(t))
 
 test: $(STAMP)

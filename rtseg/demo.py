@@ -1,7 +1,7 @@
 """``rtseg demo``: the whole pipeline on the built-in synthetic street scenes, no download.
 
 train -> evaluate on the held-out split -> profile the zoo on this machine -> overlays of predictions ->
-an HTML report of the trained run (``report/index.html``, see :func:`rtseg.report`) -> the shipped CamVid
+an HTML report of the trained run (``report/index.html``, see :func:`rtseg.reporting.report`) -> the shipped CamVid
 ENet on a real street frame when one is at hand. Everything lands in one run folder with a ``summary.json``.
 """
 

@@ -51,7 +51,7 @@ def package_weights(
 
     A gradual-grouping checkpoint (masked convs, alpha 0) is first converted to its natively grouped model
     (:func:`rtseg.nn.grouping.convert_to_deploy` without BN folding). ``val_miou`` etc. come from
-    :func:`rtseg.evaluate` on ``split`` of the checkpoint's dataset at the labels' full resolution in
+    :func:`rtseg.eval.loop` on ``split`` of the checkpoint's dataset at the labels' full resolution in
     fp32; params and MACs from :mod:`rtseg.eval.profiler` at ``macs_size`` (default: the first label's size).
     ``dataset_kw`` go to :func:`rtseg.data.build_dataset`. ``log`` is the committed folder (relative to the
     repo) holding the run's ``config.yaml`` and ``metrics.jsonl``; ``rtseg report NAME`` draws its training
@@ -85,7 +85,7 @@ def package_weights(
         "val_pixel_acc": metrics["pixel_acc"],
         "val_mean_class_acc": metrics["mean_class_acc"],
         "per_class_iou": metrics["per_class_iou"],
-        "eval": f"rtseg.evaluate, fp32, {len(ds)} {split} images at their full resolution ({eval_s:.0f} s)",
+        "eval": f"rtseg.eval.loop, fp32, {len(ds)} {split} images at their full resolution ({eval_s:.0f} s)",
         "params": count_params(model),
         "macs": flops["macs"],
         "macs_size": list(size),
@@ -136,7 +136,7 @@ def record_int8_keep_float(name: str, modules: list[str], evidence: dict[str, An
 
 
 def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_dir: Path | None = None) -> dict:
-    """Store ``rtseg.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
+    """Store ``rtseg.deploy.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
     ``backend/precision``, with size, threads and the machine); the weights file itself is unchanged."""
     d = weights_dir or WEIGHTS_DIR
     index = read_index(d)

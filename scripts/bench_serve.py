@@ -3,7 +3,7 @@
     python scripts/bench_serve.py --weights enet_camvid --backend openvino --size 360x480 --seconds 20
 
 Starts the real ``rtseg serve`` process on 127.0.0.1 (a free port), sends one 360x480 image (a CamVid val frame
-when ../shared is there, else ``rtseg.bench.bench_image``) from N concurrent keep-alive clients for a fixed
+when ../shared is there, else ``rtseg.deploy.bench.bench_image``) from N concurrent keep-alive clients for a fixed
 time after a warm-up, and prints requests/s, p50 / p95 client latency, 503 answers, the server's own median
 inference time (Server-Timing header), the machine and its load average. Clients retry a 503 after its
 Retry-After. Only 127.0.0.1 is contacted.
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from PIL import Image
 
-    from rtseg.bench import bench_image, machine_info
+    from rtseg.deploy.bench import bench_image, machine_info
 
     if CAMVID_FRAME.is_file():
         image, what = np.asarray(Image.open(CAMVID_FRAME).convert("RGB")), f"CamVid {CAMVID_FRAME.name}"
     else:
-        image, what = bench_image((360, 480)), "rtseg.bench.bench_image"
+        image, what = bench_image((360, 480)), "rtseg.deploy.bench.bench_image"
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     body = buf.getvalue()

@@ -69,7 +69,7 @@ def main() -> int:
             for cl in (False, True):
                 r = bench(name, args.size, args.batch, amp, cl, args.warmup, args.steps)
                 rows.append(r)
-                print(f"{name:14s} {r['precision']:9s} {str(cl):9s} {r['img_per_s']:7.2f} "
+                print(f"{name:14s} {r['precision']:9s} {cl!s:9s} {r['img_per_s']:7.2f} "
                       f"{r['step_ms_median']:10.0f} ({r['step_ms_min']:.0f}-{r['step_ms_max']:.0f})", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -92,8 +92,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from rtseg.engine.config import load_config
     from rtseg.data import build_dataset
+    from rtseg.engine.config import load_config
 
     out = {
         "command": " ".join(sys.argv),

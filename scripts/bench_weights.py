@@ -3,7 +3,7 @@
     python scripts/bench_weights.py --calib ../shared/data/camvid/train            # every shipped model
     python scripts/bench_weights.py enet_camvid --backend onnxruntime/fp32 --size 360x480
 
-Runs ``rtseg.bench.benchmark`` (batch 1, p50 after warm-up, all cores) on each shipped model at its
+Runs ``rtseg.deploy.benchmark`` (batch 1, p50 after warm-up, all cores) on each shipped model at its
 evaluation size, stores the deploy rows, and regenerates the README tables. Run it on an otherwise idle
 machine: the load average is stored with the numbers.
 """
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.repeat < 1:
         p.error("--repeat must be >= 1")
 
-    from rtseg.bench import benchmark, format_row, machine_info
     from rtseg.cli import parse_size
+    from rtseg.deploy.bench import benchmark, format_row, machine_info
     from rtseg.hub import available_weights, weights_info
     from rtseg.packaging import record_latency
 

@@ -44,8 +44,8 @@ def _batches(ds, transform, seed: int, batch: int, n: int, epoch0: int = 0):
 
 def grad_check(args, ds, crit, num_classes: int) -> dict:
     import rtseg
-    from rtseg.nn.space_to_batch import speed_up
     from rtseg.data.transforms import EvalTransform, downsample_label
+    from rtseg.nn.space_to_batch import speed_up
 
     model = rtseg.load_model(args.checkpoint) if args.checkpoint else rtseg.create_model(args.model, num_classes=num_classes)
     model = model.train()
@@ -89,8 +89,8 @@ def grad_check(args, ds, crit, num_classes: int) -> dict:
 
 def curves(args, ds, crit, num_classes: int) -> dict:
     import rtseg
-    from rtseg.nn.space_to_batch import speed_up
     from rtseg.data.transforms import TrainTransform, downsample_label
+    from rtseg.nn.space_to_batch import speed_up
 
     torch.manual_seed(args.seed)
     init = rtseg.create_model(args.model, num_classes=num_classes).train()

@@ -1,6 +1,6 @@
 """Gradual grouping vs grouped-from-scratch, same budget (ESSNet thesis §3.5; docs/gradual_grouping.md).
 
-Four arms by default, every one trained by ``rtseg.train`` from the same recipe with the same data, seed,
+Four arms by default, every one trained by ``rtseg.engine.trainer`` from the same recipe with the same data, seed,
 stages, epochs, crop, optimiser, schedule and decoder warm-up; they differ only in how the grouped
 encoder comes about:
 
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def arm_configs(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Arm name -> ``rtseg.train`` overrides (on top of ``--config``)."""
+    """Arm name -> ``rtseg.engine.trainer`` overrides (on top of ``--config``)."""
     warm = a.decoder_warmup if a.decoder_warmup is not None else max(1, a.epochs // 10)
     if warm >= a.epochs:
         raise SystemExit(f"--decoder-warmup {warm} must be smaller than --epochs {a.epochs}")
@@ -131,7 +131,7 @@ def check_same_budget(resolved: dict[str, dict[str, Any]]) -> None:
 
 
 def run_arm(config: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Train (or continue, or skip if finished) one arm; returns ``rtseg.train``'s result."""
+    """Train (or continue, or skip if finished) one arm; returns ``rtseg.engine.trainer``'s result."""
     import rtseg
 
     run_dir = Path(overrides["out"])
@@ -144,8 +144,8 @@ def run_arm(config: Path, overrides: dict[str, Any]) -> dict[str, Any]:
 def convert_check(run_dir: Path, native: str) -> dict[str, Any]:
     """Convert a gradual arm's best.pt to the grouped form; compare params/outputs with the native model."""
     from rtseg import create_model, load_model
-    from rtseg.nn.grouping import convert_to_deploy
     from rtseg.eval.profiler import count_params
+    from rtseg.nn.grouping import convert_to_deploy
 
     masked = load_model(run_dir / "best.pt")
     grouped = convert_to_deploy(masked, fold_bn=False)

@@ -5,7 +5,7 @@
 
 For each model (shipped weights name or checkpoint) and each ``backend/precision``: builds a
 ``rtseg.Segmenter`` at the frames' size (int8: calibrated on ``--calib-count`` training images spread over
-the train split -- never the evaluation split), evaluates it with ``rtseg.evaluate`` and prints the mIoU
+the train split -- never the evaluation split), evaluates it with ``rtseg.eval.loop`` and prints the mIoU
 next to fp32 PyTorch's. The issue's acceptance bar: an INT8 drop of at most 1 point.
 
 ``--control-count N`` (OpenVINO) runs NNCF's accuracy-controlled quantization with N *training* images that
@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--record needs --control-count")
 
     import rtseg
-    from rtseg.utils.io import atomic_write_text
     from rtseg.data import build_dataset
+    from rtseg.deploy import Segmenter
     from rtseg.eval.loop import evaluate
     from rtseg.packaging import record_int8_keep_float
-    from rtseg.segmenter import Segmenter
+    from rtseg.utils.io import atomic_write_text
 
     configs = [tuple(c.split("/")) for c in (a.config or ["openvino/int8", "onnxruntime/int8"])]
     rows = []
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _control_pairs(ds, calib_count: int, count: int) -> list:
     """``count`` labelled images of ``ds`` spread over it, none of the ``calib_count`` calibration ones
-    (:func:`rtseg.segmenter.load_images` picks those at ``linspace(0, n - 1, calib_count)``)."""
+    (:func:`rtseg.deploy.load_images` picks those at ``linspace(0, n - 1, calib_count)``)."""
     import numpy as np
 
     n = len(ds)

@@ -24,13 +24,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("rtseg.hub",),
     ("rtseg.checkpoint",),
     ("rtseg.eval",),
-    ("rtseg.engine", "rtseg.deploy", "rtseg.segmenter", "rtseg.export", "rtseg.predict", "rtseg.bench"),
+    ("rtseg.engine", "rtseg.deploy", "rtseg.deploy.segmenter", "rtseg.deploy.export", "rtseg.deploy.predict", "rtseg.deploy.bench"),
     ("rtseg.reporting", "rtseg.packaging", "rtseg.serve"),
     ("rtseg.demo", "rtseg.cli"),
     ("rtseg", "rtseg.__main__"),
 ]
 #: packages of one layer that must not import each other (the training engine and the deploy stack)
-SIBLINGS = {"rtseg.engine": {"rtseg.deploy", "rtseg.segmenter", "rtseg.export", "rtseg.predict", "rtseg.bench"}}
+SIBLINGS = {"rtseg.engine": {"rtseg.deploy", "rtseg.deploy.segmenter", "rtseg.deploy.export", "rtseg.deploy.predict", "rtseg.deploy.bench"}}
 
 
 def _module_name(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""``rtseg bench``: the command-line face of :func:`rtseg.bench.benchmark`."""
+"""``rtseg bench``: the command-line face of :func:`rtseg.deploy.benchmark`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from rtseg.bench import benchmark, machine_info, markdown_table, to_json
 from rtseg.cli._common import UsageError, parse_size
+from rtseg.deploy.bench import benchmark, machine_info, markdown_table, to_json
 from rtseg.utils.deps import require_runtime
 from rtseg.utils.io import atomic_write_text
 
@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backend is paired with each --precision (unsupported pairs are skipped with a reason); a 'baseline' "
         "row (unfused eager PyTorch fp32, the released code's setting) is added unless --no-baseline.",
     )
-    p.add_argument("models", nargs="+", metavar="MODEL_OR_CKPT")
+    p.add_argument("models", nargs="+", metavar="MODEL_OR_CKPT",
+                   help="registry name, checkpoint, shipped weights name, or exported artifact (.xml / .onnx: "
+                        "timed as written, at its own size and precision)")
     p.add_argument("--size", type=parse_size, action="append", default=None,
                    help="input HxW (repeatable; default 512x1024)")
     p.add_argument("--backend", action="append", choices=["torch", "onnxruntime", "openvino"], default=None,
@@ -38,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", action="store_true", help="per-layer-type time breakdown for every row")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="module path int8 leaves in float (repeatable; default: for shipped weights, the list "
-                        "recorded with them)")
+                        "recorded with them; 'none': no module)")
     p.add_argument("--argmax", action="store_true",
                    help="time the deploy graphs with the argmax inside (uint8 labels out, as export --argmax)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE",
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                      throughput_seconds=args.throughput_seconds, baseline=not args.no_baseline,
                      profile=args.profile, calibration=args.calib, calibration_size=args.calib_count,
                      num_classes=args.num_classes, graph_argmax=args.argmax,
-                     int8_keep_float=args.int8_keep_float, log=log)
+                     int8_keep_float=[] if args.int8_keep_float == ["none"] else args.int8_keep_float, log=log)
     if args.profile:
         for r in rows:
             total = sum(r.profile.values()) or 1.0

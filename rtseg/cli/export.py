@@ -1,13 +1,14 @@
-"""``rtseg export``: the command-line face of :func:`rtseg.export.export`."""
+"""``rtseg export``: the command-line face of :func:`rtseg.deploy.export`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rtseg.checkpoint import load_model
 from rtseg.cli._common import UsageError, parse_size
-from rtseg.export import ExportError, export
+from rtseg.deploy.export import ExportError, export
 from rtseg.models._registry import create_model, list_models, model_info
 from rtseg.utils.deps import require_export
 
@@ -22,7 +23,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output file (.onnx, .xml for OpenVINO, .pt for TorchScript)")
     p.add_argument("--weights", required=True, help="rtseg checkpoint, shipped weights name, or a model name "
                    "(random weights, for speed tests)")
-    p.add_argument("--format", choices=["onnx", "openvino", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "openvino", "torchscript"], default=None,
+                   help="default: from OUT's suffix (.onnx, .xml, .pt), else onnx")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="int8 (onnx, openvino): quantized once here on --calib images; bf16 (openvino): runs at "
+                        "bf16 inference precision (AVX512-BF16/AMX CPUs)")
+    p.add_argument("--calib", default=None, help="int8: calibration images (folder or glob of training images)")
+    p.add_argument("--calib-count", type=int, default=32, help="int8: number of calibration images (default 32)")
+    p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
+                   help="int8: module path left in float (repeatable; default: for shipped weights, the list "
+                        "recorded with them; 'none': no module)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for calibration and checks")
     p.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the model's default size)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch/height/width (sides multiple of 8)")
     p.add_argument("--argmax", action="store_true", help="output uint8 labels (B x H x W) instead of logits")
@@ -35,30 +46,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_weights_or_model(spec: str, num_classes: int = 19):
     """A checkpoint path / shipped weights name -> trained model; a registered model name -> random weights."""
-    from pathlib import Path
+
 
     if not Path(spec).exists() and spec in list_models():
         return create_model(spec, num_classes=num_classes).eval()
     return load_model(spec)
 
 
+def _format(args: argparse.Namespace) -> str:
+
+
+    if args.format:
+        return args.format
+    return {".xml": "openvino", ".pt": "torchscript"}.get(Path(args.out).suffix.lower(), "onnx")
+
+
 def run(args: argparse.Namespace) -> int:
-    require_export(args.format)  # before the model is loaded
+    fmt = _format(args)
+    require_export(fmt)  # before the model is loaded
+    if Path(args.weights).exists() and Path(args.out).resolve() == Path(args.weights).resolve():
+        raise UsageError(f"{args.out}: the output would overwrite the input checkpoint")
     model = load_weights_or_model(args.weights, args.num_classes)
     size = args.size or tuple(model_info(model.rtseg_name).default_size)
     try:
-        res = export(model, args.out, format=args.format, size=size, dynamic=args.dynamic, argmax=args.argmax,
-                     opset=args.opset, verify=not args.no_verify)
-    except ExportError as e:
+        res = export(model, args.out, format=fmt, size=size, dynamic=args.dynamic, argmax=args.argmax,
+                     opset=args.opset, verify=not args.no_verify, precision=args.precision,
+                     calibration=args.calib, calibration_size=args.calib_count,
+                     int8_keep_float=[] if args.int8_keep_float == ["none"] else args.int8_keep_float, source=args.weights, threads=args.threads)
+    except (ExportError, ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
     if args.json_out:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
     shape = "dynamic" if args.dynamic else f"{size[0]}x{size[1]}"
-    print(f"wrote {res.path} ({res.format}, {res.model}, input {shape}, BatchNorm folded"
+    print(f"wrote {res.path} ({res.format} {res.precision}, {res.model}, input {shape}, BatchNorm folded"
           f"{', argmax -> uint8 labels' if res.argmax else ''})")
+    if res.agreement_fp32 is not None:
+        kept = ", ".join(res.int8_keep_float) or "none"
+        print(f"  agreement with fp32 PyTorch: {100 * res.agreement_fp32:.2f}% of pixels"
+              + (f"; float modules kept: {kept}" if res.precision == "int8" else "")
+              + (f" (built in {res.build_s:.1f} s)" if res.build_s else ""))
     for c in res.checks:
         err = "n/a (labels)" if c["max_abs"] is None else f"{c['max_abs']:.3g}"
-        print(f"  verified at {c['size'][0]}x{c['size'][1]}: max abs logit error {err}, "
+        against = c.get("against", "PyTorch")
+        print(f"  verified at {c['size'][0]}x{c['size'][1]} against {against}: max abs logit error {err}, "
               f"pixel agreement {100 * c['agreement']:.3f}%")
     return 0

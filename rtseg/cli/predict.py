@@ -1,4 +1,4 @@
-"""``rtseg predict``: the command-line face of :func:`rtseg.predict.predict`."""
+"""``rtseg predict``: the command-line face of :func:`rtseg.deploy.predict`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from rtseg.cli._common import UsageError, parse_size, positive_int, threads_int
-from rtseg.predict import VIDEO_SUFFIXES, predict, resolve_sources
+from rtseg.deploy.artifact import is_artifact_path
+from rtseg.deploy.predict import VIDEO_SUFFIXES, predict, resolve_sources
 from rtseg.utils.deps import require, require_runtime
 from rtseg.utils.io import check_out_dir
 
@@ -19,10 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write palette label PNGs, colour overlays and side-by-side videos into --out.",
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob pattern, video, or camera index")
-    p.add_argument("--weights", required=True, help="rtseg checkpoint file or shipped weights name")
+    p.add_argument("--weights", required=True, help="rtseg checkpoint file, shipped weights name, or an exported "
+                   "artifact (.xml / .onnx from `rtseg export`: runs as written, no calibration)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="default auto: the fastest installed runtime (openvino, onnxruntime, torch); for an "
+                        "artifact, the runtime its suffix names")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
+                   help="default fp32 (an artifact: its own precision)")
+    p.add_argument("--queue", type=int, default=4, help="videos: frames each pipeline queue holds (default 4)")
     p.add_argument("--size", type=parse_size, default=None,
                    help="fixed model input HxW (images are resized to it and back); default: native resolution")
     p.add_argument("--threads", type=threads_int, default=None, help="CPU threads (default: all cores)")
@@ -30,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-count", type=positive_int, default=32, help="int8: number of calibration images (default 32)")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="int8: module path left in float (repeatable; default: for shipped weights, the list "
-                        "recorded with them)")
+                        "recorded with them; 'none': no module)")
     p.add_argument("--graph-argmax", action="store_true",
                    help="argmax inside the runtime graph (uint8 labels out: less memory traffic; labels of "
                         "resized frames are resized back nearest-neighbour)")
@@ -45,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if args.precision == "int8" and args.calib is None:
-        raise UsageError("--precision int8 needs --calib (a folder or glob of training images)")
+    if args.precision == "int8" and args.calib is None and not is_artifact_path(args.weights):
+        raise UsageError("--precision int8 needs --calib (a folder or glob of training images), or an int8 "
+                         "artifact from `rtseg export --precision int8` as --weights")
     require_runtime(args.backend, args.precision)  # before any model is built or exported
     if any(Path(s).suffix.lower() in VIDEO_SUFFIXES or s.isdigit() for s in map(str, args.sources)):
         require("av", "video", "video and camera input")
@@ -56,14 +63,20 @@ def run(args: argparse.Namespace) -> int:
     if args.calib is not None:
         kw.update(calibration=args.calib, calibration_size=args.calib_count)
     if args.int8_keep_float is not None:
-        kw["int8_keep_float"] = args.int8_keep_float
-    s = predict(args.weights, args.sources, args.out, backend=args.backend, precision=args.precision,
-                size=args.size, overlay=args.overlay, side_by_side=args.side_by_side,
-                save_frames=args.save_frames, alpha=args.alpha, progress=not args.quiet, **kw)
+        kw["int8_keep_float"] = [] if args.int8_keep_float == ["none"] else args.int8_keep_float
+    try:
+        s = predict(args.weights, args.sources, args.out, backend=args.backend, precision=args.precision,
+                    size=args.size, overlay=args.overlay, side_by_side=args.side_by_side,
+                    save_frames=args.save_frames, alpha=args.alpha, progress=not args.quiet,
+                    queue_depth=args.queue, **kw)
+    except ValueError as e:  # artifact / option refusals: one line
+        raise UsageError(str(e)) from None
     what = ", ".join(x for x in (f"{s.images} images" if s.images else "", f"{s.frames} frames" if s.frames else "")
                      if x) or "nothing"
-    print(f"segmented {what} in {s.seconds:.1f} s ({s.fps:.1f} FPS incl. decode/encode), "
-          f"{len(s.outputs)} files in {args.out}")
+    print(f"segmented {what} in {s.seconds:.1f} s with {s.backend}/{s.precision} ({s.fps:.1f} FPS end to end, "
+          f"incl. decode/encode), {len(s.outputs)} files in {args.out}")
+    if s.graph_fps:
+        print(f"graph alone: {s.graph_fps:.1f} FPS; end to end = {100 * s.fps / s.graph_fps:.0f}% of it")
     for msg in s.skipped:
         print(f"skipped: {msg}")
     return 1 if s.skipped and not (s.images or s.frames) else 0

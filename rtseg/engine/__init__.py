@@ -1,1 +1,1 @@
-"""Training: typed config, losses and the training loop (``rtseg.train``), split into named phases."""
+"""Training: typed config, losses and the training loop (``rtseg.engine.trainer``), split into named phases."""

@@ -1,6 +1,6 @@
 """The one evaluation loop: :func:`evaluate_batches` scores a model over batches into a metric object.
 
-Two faces use it: :func:`evaluate` (``rtseg.evaluate`` / ``rtseg eval``: a dataset split at full native
+Two faces use it: :func:`evaluate` (``rtseg.eval.loop`` / ``rtseg eval``: a dataset split at full native
 resolution, Cityscapes instance maps included) and the training engine's validation (padded batches from
 its loader, optionally the encoder's 1/8 scores, reduced over ranks).
 """

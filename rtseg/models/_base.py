@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["SegmentationModel"]
 
@@ -51,7 +51,7 @@ class SegmentationModel(nn.Module):
     def export_form(self) -> SegmentationModel:
         """Switch (in place) to the operator forms graph runtimes run fastest; outputs stay identical.
 
-        Called by :func:`rtseg.export.deploy_model` before export. The default changes nothing; ENet
+        Called by :func:`rtseg.deploy.deploy_model` before export. The default changes nothing; ENet
         replaces its ScatterElements max-unpooling by a one-hot mask (see ``rtseg.models.enet``).
         """
         return self

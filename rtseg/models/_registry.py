@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-import torch.nn as nn
+from torch import nn
 
-__all__ = ["ModelInfo", "register_model", "list_models", "create_model", "model_info", "suggest"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model", "suggest"]
 
 
 @dataclass(frozen=True)

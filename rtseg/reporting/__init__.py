@@ -15,7 +15,7 @@ training curves, and the results table as ``results.json`` and ``results.md``. E
 written atomically. See docs/report.md.
 
 The package's modules follow the steps: :mod:`.sources` (what to report), :mod:`.measure` (one model),
-:mod:`.figures` and :mod:`.page` (the outputs). The folder is ``reporting`` so that ``rtseg.report`` stays
+:mod:`.figures` and :mod:`.page` (the outputs). The folder is ``reporting`` so that ``rtseg.reporting.report`` stays
 the function without shadowing a module.
 """
 

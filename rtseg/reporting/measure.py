@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.checkpoint import load_checkpoint, load_model
+from rtseg.deploy.segmenter import Segmenter
 from rtseg.eval.loop import evaluate, logits_of
 from rtseg.eval.profiler import count_flops, count_params, measure_latency
 from rtseg.nn.grouping import convert_to_deploy, get_alpha
 from rtseg.reporting.sources import Source, read_log
-from rtseg.segmenter import Segmenter
 from rtseg.utils.timing import time_calls
 
 __all__ = ["BACKENDS", "Entry", "architecture", "measure", "ort_available", "profiled_form"]

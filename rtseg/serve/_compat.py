@@ -1,13 +1,13 @@
 """The rtseg helpers the server borrows from other layers, each behind one function: the one place to repoint
-when they move (``rtseg.predict`` -> ``rtseg.deploy``, ``rtseg.visualize`` -> ``rtseg.eval``)."""
+when they move (``rtseg.deploy.predict`` -> ``rtseg.deploy``, ``rtseg.eval.visualize`` -> ``rtseg.eval``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from rtseg.deploy.predict import palette_for
+from rtseg.deploy.segmenter import Segmenter
 from rtseg.eval.visualize import overlay
-from rtseg.predict import palette_for
-from rtseg.segmenter import Segmenter
 
 
 def palette(seg: Segmenter) -> np.ndarray:

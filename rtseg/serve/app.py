@@ -51,7 +51,7 @@ except ImportError as e:  # the one-line hint names the extra, not a traceback i
 from PIL import Image, UnidentifiedImageError
 
 from rtseg._version import __version__
-from rtseg.segmenter import Segmenter
+from rtseg.deploy.segmenter import Segmenter
 from rtseg.serve._compat import blend, palette
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD", "DEFAULT_QUEUE", "InferenceWorker", "ServeError",

@@ -563,13 +563,13 @@ def test_predict_into_its_own_input_folder_is_refused(tmp_path: Path, ckpt: Path
     assert _digest(src) == before
 
 
-@pytest.mark.xfail(strict=True, reason="wired in when the deploy layer lands (rtseg.predict.predict -> check_out_dir)")
+@pytest.mark.xfail(strict=True, reason="wired in when the deploy layer lands (rtseg.deploy.predict.predict -> check_out_dir)")
 def test_predict_api_into_its_own_input_folder_is_refused(tmp_path: Path, ckpt: Path) -> None:
     src = tmp_path / "imgs"
     _png(src / "a.png", np.zeros((32, 32, 3), np.uint8))
     before = _digest(src)
     try:
-        rtseg.predict(ckpt, [src], src, progress=False)
+        rtseg.deploy.predict(ckpt, [src], src, progress=False)
     except ValueError as e:
         assert "holds the input" in str(e)
     assert _digest(src) == before
@@ -717,7 +717,7 @@ import os, signal, sys, threading, time, torch
 sys.path.insert(0, {here!r})
 torch.set_num_threads(1)
 import test_bad_input_sweep as T
-import rtseg.predict as P
+import rtseg.deploy.predict as P
 real, n = P._VideoWriter.write, []
 def write(self, rgb):
     real(self, rgb); n.append(1)

@@ -24,11 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import rtseg
-from rtseg.engine.config import ConfigError
 from rtseg.data import SyntheticStreet
-from rtseg.engine.losses import WeightedCrossEntropy, class_weights, enet_class_weights, median_frequency_weights
-from rtseg.models import SegmentationModel, list_models, register_model
 from rtseg.data.transforms import AffineParams, TrainTransform, affine_crop, downsample_label, pad_collate
+from rtseg.engine.config import ConfigError
+from rtseg.engine.losses import (
+    WeightedCrossEntropy,
+    class_weights,
+    enet_class_weights,
+    median_frequency_weights,
+)
+from rtseg.models import SegmentationModel, list_models, register_model
 
 TESTS = Path(__file__).resolve().parent
 TINY = "tiny_train_test"

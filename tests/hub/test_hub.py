@@ -90,7 +90,7 @@ def test_cli_weights_lists_and_refuses_unknown(capsys) -> None:
 
 @pytest.mark.parametrize("graph_argmax", [False, True])
 def test_record_latency_keeps_deploy_rows(packaged, graph_argmax) -> None:
-    from rtseg.bench import benchmark, machine_info
+    from rtseg.deploy import benchmark, machine_info
     from rtseg.packaging import record_latency
 
     pytest.importorskip("onnxruntime")

@@ -10,11 +10,10 @@ import pytest
 import torch
 from conftest import shared_file
 
-from rtseg.checkpoint import CheckpointError, load_model
-from rtseg.checkpoint import convert_file
-from rtseg.models.convert import convert_state_dict, load_foreign_state_dict
+from rtseg.checkpoint import CheckpointError, convert_file, load_model
 from rtseg.models import create_model, list_models, model_info
 from rtseg.models._essnet_blocks import ConvModule, NonBottleneck1D, UpsamplerBlock, channel_shuffle
+from rtseg.models.convert import convert_state_dict, load_foreign_state_dict
 from rtseg.models.essnet import CITYSCAPES_CLASSES, ESSNet, PyramidPooling
 
 WEIGHTS = "weights/essnet-official"

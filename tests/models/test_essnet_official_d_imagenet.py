@@ -11,11 +11,10 @@ import pytest
 import torch
 from conftest import shared_file
 
-from rtseg.checkpoint import CheckpointError, load_checkpoint, load_model
+from rtseg.checkpoint import CheckpointError, convert_file, load_checkpoint, load_model
 from rtseg.engine.config import TrainConfig
-from rtseg.checkpoint import convert_file
-from rtseg.models.convert import convert_state_dict, load_foreign_state_dict
 from rtseg.models import create_model
+from rtseg.models.convert import convert_state_dict, load_foreign_state_dict
 
 WEIGHTS = "weights/essnet-official"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

@@ -81,7 +81,7 @@ def _export_param(name: str):
 @pytest.mark.parametrize("name", [_export_param(n) for n in MODELS])
 def test_onnx_export_or_declared_refusal(name, tmp_path):
     pytest.importorskip("onnxruntime")
-    from rtseg.export import ExportError, export_onnx, verify_onnx
+    from rtseg.deploy import ExportError, export_onnx, verify_onnx
 
     model = _make(name).eval()
     if not model_info(name).exportable:

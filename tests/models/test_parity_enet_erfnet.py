@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import rtseg
-from rtseg.checkpoint import CheckpointError
-from rtseg.checkpoint import convert_file
+from rtseg.checkpoint import CheckpointError, convert_file
 from rtseg.models.convert import convert_state_dict, load_foreign_state_dict
 from rtseg.models.enet import max_unpool2x2
 from tests.conftest import shared_file

@@ -14,8 +14,8 @@ import itertools
 
 import pytest
 
-from rtseg.models import create_model, model_info
 from rtseg.eval.profiler import count_flops, count_params
+from rtseg.models import create_model, model_info
 
 SIZE = (512, 1024)
 

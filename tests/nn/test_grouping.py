@@ -19,6 +19,9 @@ from torch import nn
 import rtseg
 from rtseg.checkpoint import load_model, save_model
 from rtseg.engine.config import ConfigError, load_config
+from rtseg.eval.profiler import count_flops, count_params
+from rtseg.models import SegmentationModel, create_model, list_models, register_model
+from rtseg.models._essnet_blocks import ConvModule
 from rtseg.nn.grouping import (
     AlphaSchedule,
     MaskedConv2d,
@@ -29,9 +32,6 @@ from rtseg.nn.grouping import (
     masked_convs,
     set_alpha,
 )
-from rtseg.models import SegmentationModel, create_model, list_models, register_model
-from rtseg.models._essnet_blocks import ConvModule
-from rtseg.eval.profiler import count_flops, count_params
 
 TINY = "tiny_gradual_test"
 

@@ -131,7 +131,7 @@ def test_cli_replaces_stale_figures_and_measures_ort(rep, runs, tmp_path, capsys
     try:
         import onnxruntime  # noqa: F401
 
-        import rtseg.segmenter  # noqa: F401
+        import rtseg.deploy  # noqa: F401
     except ImportError:
         ort = False
     if ort:

@@ -22,9 +22,9 @@ import httpx
 
 import rtseg
 from rtseg.cli import main
-from rtseg.predict import palette_for
-from rtseg.serve import create_app
+from rtseg.deploy.predict import palette_for
 from rtseg.eval.visualize import overlay
+from rtseg.serve import create_app
 
 from .serve_helpers import app_server, make_frames, png_bytes
 

@@ -1,4 +1,10 @@
-"""Export rtseg models to ONNX, OpenVINO IR and TorchScript, and verify every export against PyTorch.
+"""Export rtseg models to ONNX, OpenVINO IR and TorchScript deployment artifacts, and verify every export.
+
+``export(model, path, format, precision=...)`` writes an artifact: fp32 graphs for every format, an int8
+graph (quantized once, here, on ``calibration`` images) for ONNX and OpenVINO, and bf16 for OpenVINO (the
+IR is the fp32 graph tagged to run at the plugin's bf16 inference precision). Every ONNX / IR file carries
+the self-describing metadata of :mod:`rtseg.deploy.artifact`, which ``rtseg.Segmenter(path)``,
+``rtseg predict --weights path`` and ``rtseg bench path`` read.
 
 Every exported graph is the *deploy form* of the model (:func:`deploy_model`: masked gradual-grouping
 convs turned into grouped convs by ``rtseg.nn.grouping.convert_to_deploy``, BatchNorm folded
@@ -27,10 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from rtseg.deploy.artifact import ARTIFACT_VERSION, INPUT_CONVENTION, encode, file_sha256
 from rtseg.utils.io import atomic_open
 
 __all__ = [
+    "ARGMAX_FORMS",
     "FORMATS",
+    "FORMAT_PRECISIONS",
+    "ArgmaxHead",
     "ExportError",
     "ExportResult",
     "deploy_model",
@@ -39,6 +49,7 @@ __all__ = [
     "export_openvino",
     "export_torchscript",
     "graph_metadata",
+    "source_sha256",
     "verify_export",
     "verify_onnx",
 ]
@@ -60,7 +71,7 @@ class ExportError(RuntimeError):
 ARGMAX_FORMS = ("argmax", "max_equal")
 
 
-class _ArgmaxHead(nn.Module):
+class ArgmaxHead(nn.Module):
     """Wraps a model so the graph returns uint8 labels (B x H x W) instead of float logits."""
 
     def __init__(self, model: nn.Module, form: str = "argmax") -> None:
@@ -109,18 +120,49 @@ def deploy_model(model: nn.Module) -> nn.Module:
     return out
 
 
-def graph_metadata(model: nn.Module, size: tuple[int, int] | None, argmax: bool) -> dict[str, str]:
-    """String metadata stored in exported graphs, so a runtime knows how to feed and read them."""
+def graph_metadata(model: nn.Module, size: tuple[int, int] | None, argmax: bool, precision: str = "fp32",
+                   **extra: Any) -> dict[str, str]:
+    """String metadata stored in exported graphs (:mod:`rtseg.deploy.artifact`), so a runtime knows how to
+    feed and read them: classes, palette, input size and convention, output kind, precision, provenance."""
+    from rtseg._version import __version__
+    from rtseg.deploy.segmenter import palette_for
+
     meta = getattr(model, "rtseg_meta", {}) or {}
-    return {
+    nc = int(getattr(model, "num_classes", 0))
+    mean = model.mean.detach().flatten().float().tolist() if hasattr(model, "mean") else [0.0, 0.0, 0.0]
+    return encode({
+        "rtseg_artifact": ARTIFACT_VERSION,
+        "rtseg_version": __version__,
         "rtseg_model": _name(model),
-        "num_classes": str(getattr(model, "num_classes", "")),
-        "class_names": json.dumps(meta.get("class_names")),
-        "size_divisor": str(getattr(model, "size_divisor", 1)),
+        "num_classes": nc,
+        "class_names": meta.get("class_names"),
+        "palette": palette_for(model, nc).tolist() if nc else None,
+        "size_divisor": int(getattr(model, "size_divisor", 1)),
         "input_size": "dynamic" if size is None else f"{size[0]}x{size[1]}",
+        "input": INPUT_CONVENTION,
+        "mean": mean,
         "output": "labels" if argmax else "logits",
-        "input": "image: B x 3 x H x W float32 RGB in [0, 1]; normalisation inside the graph",
-    }
+        "precision": precision,
+        "int8_keep_float": extra.pop("int8_keep_float", None),
+        "agreement_fp32": extra.pop("agreement_fp32", None),
+        "calibration": extra.pop("calibration", None),
+        **extra,
+    })
+
+
+def source_sha256(weights: Any) -> str | None:
+    """SHA-256 of the checkpoint behind ``weights`` (a path or a shipped weights name); None for a model."""
+    if isinstance(weights, nn.Module):
+        return None
+    p = Path(weights)
+    if not p.is_file():
+        from rtseg.hub import resolve_weights
+
+        try:
+            p = resolve_weights(str(weights))
+        except Exception:  # noqa: BLE001 -- a registry name with random weights has no checkpoint
+            return None
+    return file_sha256(p)
 
 
 def _example(size: tuple[int, int], batch: int = 1) -> torch.Tensor:
@@ -135,7 +177,8 @@ def _check_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> None:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
                 opset: int = DEFAULT_OPSET, dynamic: bool = False, argmax: bool = False,
-                fold: bool = False, dynamic_batch: bool = False, argmax_form: str = "argmax") -> Path:
+                fold: bool = False, dynamic_batch: bool = False, argmax_form: str = "argmax",
+                meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (eval mode) as ONNX to ``path`` atomically.
 
     Graph input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1] (normalisation is inside the graph);
@@ -143,6 +186,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     ``dynamic=True`` makes batch, height and width symbolic (sides must then be multiples of
     ``size_divisor``); ``dynamic_batch=True`` only the batch. ``fold=True`` exports :func:`deploy_model`
     of ``model`` (``export`` always does). ``argmax_form`` picks how the argmax is written (:data:`ARGMAX_FORMS`).
+    ``meta``: extra :func:`graph_metadata` entries (e.g. ``source_sha256``).
     """
     _check_exportable(model)
     if opset < 17:
@@ -150,7 +194,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     _check_size(model, size, dynamic)
     src = model
     model = deploy_model(model) if fold else model.eval()
-    net = _ArgmaxHead(model, argmax_form) if argmax else model
+    net = ArgmaxHead(model, argmax_form) if argmax else model
     x = _example(size)
     out_name = "labels" if argmax else "logits"
     axes = ({"image": {0: "batch", 2: "height", 3: "width"}, out_name: {0: "batch", 1 + (not argmax): "height",
@@ -178,7 +222,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
                                              dynamic_axes=axes)
                     prog.save(str(raw))
             proto = onnx.load(str(raw))
-            for k, v in graph_metadata(src, None if dynamic else size, argmax).items():
+            for k, v in graph_metadata(src, None if dynamic else size, argmax, **(meta or {})).items():
                 proto.metadata_props.add(key=k, value=v)
             with atomic_open(path, "wb") as f:
                 f.write(proto.SerializeToString())
@@ -191,7 +235,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
 
 
 def export_openvino(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
-                    dynamic: bool = False, argmax: bool = False, fold: bool = True) -> Path:
+                    dynamic: bool = False, argmax: bool = False, fold: bool = True,
+                    meta: dict[str, Any] | None = None) -> Path:
     """Write OpenVINO IR (``path`` = ``.xml``; the weights go to the ``.bin`` beside it), via ONNX, fp32 weights.
 
     Same graph contract as :func:`export_onnx`. Needs the ``openvino`` package (``pip install rtseg[deploy]``).
@@ -204,10 +249,10 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, size: tuple[int, 
         onnx_path = export_onnx(model, Path(tmp) / "m.onnx", size=size, dynamic=dynamic, argmax=argmax, fold=fold,
                                 argmax_form="max_equal")  # OpenVINO runs ArgMax (TopK) slowly, see ARGMAX_FORMS
         ir = ov.convert_model(str(onnx_path))
-        for k, v in graph_metadata(model, None if dynamic else size, argmax).items():
-            ir.set_rt_info(v, ["rtseg", k])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ov.save_model(ir, str(path), compress_to_fp16=False)  # fp32 weights; precision is a runtime choice
+        from rtseg.deploy.backends import OpenVINOBackend
+
+        # save() writes the .xml/.bin under temporary names and renames them into place
+        OpenVINOBackend.save_model(ir, path, graph_metadata(model, None if dynamic else size, argmax, **(meta or {})))
     return path
 
 
@@ -216,7 +261,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, size: tuple[in
     """Write a traced, frozen TorchScript module (``torch.jit.load``-able without rtseg), same contract."""
     _check_size(model, size, dynamic)
     net = deploy_model(model) if fold else model.eval()
-    net = _ArgmaxHead(net) if argmax else net
+    net = ArgmaxHead(net) if argmax else net
     path = Path(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -285,7 +330,8 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
 
 @dataclass
 class ExportResult:
-    """What :func:`export` wrote and how well it matches PyTorch (``checks``: one per verified size)."""
+    """What :func:`export` wrote and how well it matches PyTorch (``checks``: one per verified size;
+    ``agreement_fp32``: pixel agreement of a bf16 / int8 artifact's labels with fp32, measured at export)."""
 
     path: str
     format: str
@@ -293,43 +339,124 @@ class ExportResult:
     size: list[int] | None
     argmax: bool
     fused: bool
+    precision: str = "fp32"
     checks: list[dict[str, Any]] = field(default_factory=list)
+    agreement_fp32: float | None = None
+    int8_keep_float: list[str] = field(default_factory=list)
+    build_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", size: tuple[int, int] = (512, 1024),
-           dynamic: bool = False, argmax: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
-           min_agreement: float = 0.999) -> ExportResult:
-    """Export the deploy form of ``model`` to ``format`` (``onnx``/``openvino``/``torchscript``) and verify it.
+#: format -> precisions it can be exported at (bf16 on OpenVINO: the fp32 IR run at bf16 inference precision)
+FORMAT_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "torchscript": ("fp32",)}
 
-    The graph takes ``B x 3 x H x W`` float RGB in [0, 1] at ``size`` (``dynamic=True``: any batch and any
-    sides divisible by ``size_divisor``; verified at ``size`` and at a second, different size). Raises
-    :class:`ExportError` when the exported graph disagrees with PyTorch on more than ``1 - min_agreement``
-    of the pixels.
-    """
+
+def _check_request(format: str, precision: str, calibration: Any) -> None:
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    if precision not in FORMAT_PRECISIONS[format]:
+        why = " (ONNX Runtime has no bf16 CPU convolutions: use --format openvino)" if precision == "bf16" else ""
+        raise ExportError(f"{format} exports precision {' / '.join(FORMAT_PRECISIONS[format])}, not {precision}{why}")
+    if precision == "int8" and calibration is None:
+        raise ExportError("an int8 export needs calibration images (--calib FOLDER): int8 is calibrated once, here")
+
+
+def _verify_fp32(model: nn.Module, res: ExportResult, size: tuple[int, int], dynamic: bool,
+                 min_agreement: float) -> None:
+    sizes = [size]
+    if dynamic:
+        d = int(getattr(model, "size_divisor", 1))
+        sizes.append((size[0] + 2 * d, max(d, size[1] - d)))
+    for s in sizes:
+        check = verify_export(model, res.path, res.format, size=s)
+        res.checks.append(check)
+        if check["agreement"] < min_agreement:
+            raise ExportError(f"{res.path}: the {res.format} graph agrees with PyTorch on only "
+                              f"{100 * check['agreement']:.3f}% of the pixels at {s[0]}x{s[1]}")
+
+
+def _agreement_images(calibration: Any, size: tuple[int, int], n: int = 8) -> list[np.ndarray]:
+    from rtseg.deploy.images import load_images
+
+    if calibration is not None:
+        return load_images(calibration, n)
+    from rtseg.deploy.bench import bench_image
+
+    return [bench_image(size, seed) for seed in range(100, 100 + n)]
+
+
+def _export_built(model: nn.Module, path: Path, format: str, size: tuple[int, int], dynamic: bool, argmax: bool,
+                  precision: str, seg_kw: dict[str, Any], meta: dict[str, Any], min_agreement: float) -> ExportResult:
+    """bf16 / int8: build the graph once in a :class:`Segmenter` (int8: calibrate it), save it with its
+    metadata, and check that the file gives the labels of the in-process graph."""
+    import time
+
+    from rtseg.deploy.segmenter import Segmenter
+
+    t0 = time.perf_counter()
+    backend = "openvino" if format == "openvino" else "onnxruntime"
+    seg = Segmenter(model, backend=backend, precision=precision, size=None if dynamic else size,
+                    graph_argmax=argmax, **seg_kw)
+    ref = Segmenter(model, backend="torch", precision="fp32", size=None if dynamic else size)
+    images = _agreement_images(seg_kw.get("calibration"), size)
+    built = [seg.predict(im) for im in images]
+    agreement = float(np.mean([(a == ref.predict(im)).mean() for a, im in zip(built, images)]))
+    ref.close()
+    calib = None if precision != "int8" else {"images": seg.calibration_count, "source": str(seg_kw["calibration"])}
+    seg.runtime.save(path, graph_metadata(model, None if dynamic else size, argmax, precision,
+                                          int8_keep_float=list(seg.int8_keep_float) if precision == "int8" else None,
+                                          agreement_fp32=round(agreement, 5), calibration=calib, **meta))
+    res = ExportResult(path=str(path), format=format, model=_name(model), size=None if dynamic else list(size),
+                       argmax=argmax, fused=True, precision=precision, agreement_fp32=round(agreement, 5),
+                       int8_keep_float=list(seg.int8_keep_float) if precision == "int8" else [])
+    seg.close()
+    again = Segmenter(path, threads=seg_kw.get("threads"))  # the round trip: the file gives the same labels
+    same = float(np.mean([(a == again.predict(im)).mean() for a, im in zip(built, images)]))
+    again.close()
+    res.checks.append({"size": list(size), "max_abs": None, "agreement": same, "against": "in-process graph"})
+    if same < min_agreement:
+        raise ExportError(f"{path}: the written {format} file agrees with the graph it was saved from on only "
+                          f"{100 * same:.3f}% of the pixels")
+    res.build_s = round(time.perf_counter() - t0, 2)
+    return res
+
+
+def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", size: tuple[int, int] = (512, 1024),
+           dynamic: bool = False, argmax: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
+           min_agreement: float = 0.999, precision: str = "fp32", calibration: Any = None,
+           calibration_size: int = 32, int8_keep_float: Any = None, source: Any = None,
+           threads: int | None = None) -> ExportResult:
+    """Export the deploy form of ``model`` to ``format`` (``onnx``/``openvino``/``torchscript``) at
+    ``precision`` and verify it.
+
+    The graph takes ``B x 3 x H x W`` float RGB in [0, 1] at ``size`` (``dynamic=True``: any batch and any
+    sides divisible by ``size_divisor``; fp32 is verified at ``size`` and at a second, different size).
+    fp32 raises :class:`ExportError` when the exported graph disagrees with PyTorch on more than
+    ``1 - min_agreement`` of the pixels. ``precision="int8"`` (onnx, openvino) calibrates once on
+    ``calibration`` images (``calibration_size`` of them; ``int8_keep_float``: module paths left in float,
+    default as :class:`rtseg.Segmenter`) and records the agreement of its labels with fp32 on up to 8 of
+    them; ``"bf16"`` (openvino) the same on them or synthetic images. ``source``: the checkpoint path or
+    name the model came from (its SHA-256 goes into the metadata).
+    """
+    _check_request(format, precision, calibration)
     _check_exportable(model)
     size = (int(size[0]), int(size[1]))
+    path = Path(path)
+    meta = {"source_sha256": source_sha256(source) if source is not None else None}
+    if precision != "fp32":
+        seg_kw = {"calibration": calibration, "calibration_size": calibration_size, "threads": threads,
+                  "int8_keep_float": int8_keep_float} if precision == "int8" else {"threads": threads}
+        return _export_built(model, path, format, size, dynamic, argmax, precision, seg_kw, meta, min_agreement)
     if format == "onnx":
-        p = export_onnx(model, path, size=size, opset=opset, dynamic=dynamic, argmax=argmax, fold=True)
+        p = export_onnx(model, path, size=size, opset=opset, dynamic=dynamic, argmax=argmax, fold=True, meta=meta)
     elif format == "openvino":
-        p = export_openvino(model, path, size=size, dynamic=dynamic, argmax=argmax)
+        p = export_openvino(model, path, size=size, dynamic=dynamic, argmax=argmax, meta=meta)
     else:
         p = export_torchscript(model, path, size=size, dynamic=dynamic, argmax=argmax)
     res = ExportResult(path=str(p), format=format, model=_name(model), size=None if dynamic else list(size),
                        argmax=argmax, fused=True)
     if verify:
-        sizes = [size]
-        if dynamic:
-            d = int(getattr(model, "size_divisor", 1))
-            sizes.append((size[0] + 2 * d, max(d, size[1] - d)))
-        for s in sizes:
-            check = verify_export(model, p, format, size=s)
-            res.checks.append(check)
-            if check["agreement"] < min_agreement:
-                raise ExportError(f"{p}: the {format} graph agrees with PyTorch on only "
-                                  f"{100 * check['agreement']:.3f}% of the pixels at {s[0]}x{s[1]}")
+        _verify_fp32(model, res, size, dynamic, min_agreement)
     return res

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from rtseg import create_model
-from rtseg.bench import bench_image
-from rtseg.segmenter import Segmenter, cpu_supports_bf16
+from rtseg.deploy import Segmenter, bench_image, cpu_supports_bf16
 
 pytest.importorskip("onnxruntime")
 
@@ -146,7 +145,7 @@ def test_int8_keeps_transposed_convs_and_argmax_in_float(model, images):
     calib = [bench_image((64, 96), seed=s) for s in range(3, 7)]
     seg = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True)
     fed_by = {}
-    for op in seg.ov_model.get_ordered_ops():
+    for op in seg.runtime.ir.get_ordered_ops():
         fed_by.setdefault(op.get_type_name(), []).append(
             [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())])
     assert "FakeQuantize" in [t for ins in fed_by["GroupConvolution"] for t in ins]  # the rest is int8
@@ -162,13 +161,14 @@ def _quantized_under(names, prefix):
 def test_int8_keep_float_modules_openvino(model, graph_argmax):
     """Named modules get no quantizer in the OpenVINO int8 graph; everything else still does."""
     pytest.importorskip("nncf")
-    from rtseg.segmenter import _quantized_ops
+    from rtseg.deploy import quantized_ops
 
     calib = [bench_image((64, 96), seed=s) for s in range(3, 6)]
-    base = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax)
+    base = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax,
+                     int8_keep_float=[])
     keep = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=graph_argmax,
                      int8_keep_float=["encoder.initial_block", "decoder.layers.1.conv1L_1"])
-    q0, q1 = _quantized_ops(base.ov_model), _quantized_ops(keep.ov_model)
+    q0, q1 = quantized_ops(base.runtime.ir), quantized_ops(keep.runtime.ir)
     for prefix in ("encoder/initial_block/", "decoder/layers.1/conv1L_1/"):
         assert _quantized_under(q0, prefix), prefix  # quantized by default ...
         assert not _quantized_under(q1, prefix), prefix  # ... and not when kept in float
@@ -176,8 +176,8 @@ def test_int8_keep_float_modules_openvino(model, graph_argmax):
     assert keep.info()["int8_keep_float"] == ["encoder.initial_block", "decoder.layers.1.conv1L_1"]
     # exported node names map back to their modules (the argmax wrapper adds /model)
     pre = "/model" if graph_argmax else ""
-    assert keep._node_module(f"{pre}/encoder/initial_block/conv/Conv/WithoutBiases") == "encoder.initial_block.conv"
-    assert keep._node_module(f"{pre}/decoder/layers.1/conv1L_1/Conv") == "decoder.layers.1.conv1L_1"
+    assert keep.float_scopes().module_of(f"{pre}/encoder/initial_block/conv/Conv/WithoutBiases") == "encoder.initial_block.conv"
+    assert keep.float_scopes().module_of(f"{pre}/decoder/layers.1/conv1L_1/Conv") == "decoder.layers.1.conv1L_1"
 
 
 def test_int8_keep_float_modules_onnxruntime(model):
@@ -186,7 +186,7 @@ def test_int8_keep_float_modules_onnxruntime(model):
     calib = [bench_image((64, 96), seed=s) for s in range(3, 6)]
     seg = Segmenter(model, "onnxruntime", "int8", size=(64, 96), calibration=calib,
                     int8_keep_float=["encoder.initial_block"])
-    g = onnx.load(str(seg.model_path)).graph
+    g = onnx.load(str(seg.runtime.path)).graph
     producer = {o: n for n in g.node for o in n.output}
     convs = [n for n in g.node if n.op_type == "Conv"]
     fed = {n.name: producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"
@@ -228,10 +228,11 @@ def test_shipped_weights_use_their_recorded_int8_float_modules(tmp_path, monkeyp
     # also when the model was loaded by name first (rtseg bench and scripts pass loaded models)
     seg = Segmenter(rtseg.load_model("tiny_syn"), "onnxruntime", "int8", size=(48, 64), calibration=calib)
     assert seg.int8_keep_float == ["encoder.initial_block"]
-    assert Segmenter(rtseg.load_model(wdir / "tiny_syn.pt"), "onnxruntime", "int8", size=(48, 64),
-                     calibration=calib).int8_keep_float == []  # a file path is not a shipped name
+    by_file = Segmenter(rtseg.load_model(wdir / "tiny_syn.pt"), "onnxruntime", "int8", size=(48, 64),
+                        calibration=calib)  # a file path is not a shipped name: the default rule applies
+    assert by_file.int8_rule == "high-res" and seg.int8_rule == "recorded"
     seg = Segmenter("tiny_syn", "onnxruntime", "int8", size=(48, 64), calibration=calib, int8_keep_float=[])
-    assert seg.int8_keep_float == []
+    assert seg.int8_keep_float == [] and seg.int8_rule == "given"
     with pytest.raises(KeyError, match="nope"):
         packaging.record_int8_keep_float("nope", [], {}, weights_dir=wdir)
 
@@ -256,5 +257,5 @@ def test_int8_accuracy_control_openvino(model):
     plain = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=imgs)
     ac = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=imgs, int8_control=pairs, int8_max_drop=0.0)
     known = {n for n, _ in ac.model.named_modules()}
-    assert ac.int8_keep_float and all(m in known or m in ac._deploy_modules() for m in ac.int8_keep_float)
+    assert ac.int8_keep_float and all(m in known or m in ac.float_scopes().modules for m in ac.int8_keep_float)
     assert miou(ac) >= miou(plain)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rtseg import create_model
-from rtseg.bench import benchmark, format_row
 from rtseg.cli import main
+from rtseg.deploy import benchmark, format_row
 
 pytest.importorskip("onnxruntime")
 
@@ -68,18 +68,18 @@ def test_benchmark_int8_keep_float(model):
     the row says which modules ran in float; a module the model lacks skips the row with the reason."""
     import onnx
 
-    import rtseg.segmenter as S
+    import rtseg.deploy.quantize as Q
 
     built = []
-    orig = S.Segmenter._quantize_ort
+    orig = Q.quantize_onnx
 
-    def spy(self, path, calib):
-        out = orig(self, path, calib)
+    def spy(*args, **kw):
+        out = orig(*args, **kw)
         built.append(onnx.load(str(out)).graph)
         return out
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(S.Segmenter, "_quantize_ort", spy)
+    mp.setattr(Q, "quantize_onnx", spy)
     try:
         rows = benchmark([model], [(64, 96)], [("onnxruntime", "int8"), ("onnxruntime", "fp32")], threads=1,
                          warmup=0, runs=2, throughput_seconds=0, baseline=False,

@@ -6,9 +6,8 @@ import torch
 from PIL import Image
 
 from rtseg import create_model, save_model
-from rtseg.bench import bench_image
 from rtseg.cli import main
-from rtseg.predict import predict, resolve_sources
+from rtseg.deploy import bench_image, predict, resolve_sources
 
 
 @pytest.fixture(scope="module")

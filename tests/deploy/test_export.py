@@ -8,7 +8,7 @@ import torch
 
 from rtseg import create_model, save_model
 from rtseg.cli import main
-from rtseg.export import ExportError, export, export_onnx
+from rtseg.deploy import ExportError, export, export_onnx
 
 pytest.importorskip("onnxruntime")
 
@@ -100,7 +100,7 @@ def test_shuffle_folded_into_dense_pointwise(name, tmp_path):
     """Deploy form: each DGCS shuffle becomes a row permutation of a dense 1x1 conv, outputs unchanged."""
     import copy
 
-    from rtseg.export import deploy_model
+    from rtseg.deploy import deploy_model
     from rtseg.models._essnet_blocks import ConvModule
 
     torch.manual_seed(0)
@@ -138,16 +138,16 @@ def test_shuffle_fold_leaves_masked_and_plain_modules():
 
 def test_argmax_forms_agree_with_ties():
     """Both in-graph argmax forms return torch's argmax: the first maximal class, ties included."""
-    from rtseg.export import _ArgmaxHead
+    from rtseg.deploy.export import ArgmaxHead
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (2, 6, 9, 11), generator=g).float()  # few distinct values: many ties
     want = y.argmax(1).to(torch.uint8)
     for form in ("argmax", "max_equal"):
-        got = _ArgmaxHead(torch.nn.Identity(), form)(y)
+        got = ArgmaxHead(torch.nn.Identity(), form)(y)
         assert got.dtype == torch.uint8 and torch.equal(got, want), form
     with pytest.raises(ExportError, match="argmax form"):
-        _ArgmaxHead(torch.nn.Identity(), "topk")
+        ArgmaxHead(torch.nn.Identity(), "topk")
 
 
 def test_openvino_argmax_export_is_max_equal(tmp_path):

@@ -1,0 +1,463 @@
+"""``rtseg.deploy.predict``: segment image files, folders, glob patterns, videos and cameras into label PNGs,
+colour overlays and side-by-side videos, on any :class:`rtseg.Segmenter` backend.
+
+Outputs in ``out_dir`` (``<stem>`` = the source file's name without suffix):
+
+- image: ``<stem>.png`` (indexed PNG: raw class ids in the pixels, the palette for viewing),
+  ``<stem>_overlay.png`` with ``overlay=True``, ``<stem>_side.png`` (image | overlay) with ``side_by_side=True``;
+- video / camera: ``<stem>_overlay.mp4`` and/or ``<stem>_side.mp4``; with neither flag, ``<stem>_labels.mp4``
+  (colourised labels); ``save_frames=True`` also writes every frame's label PNG into ``<stem>_labels/``.
+
+Missing files, unsupported formats and unopenable videos are refused before any work starts; a frame that
+cannot be decoded mid-video is reported and skipped, and the rest of the video is still written.
+
+Videos and cameras run as a pipeline of three stages over bounded queues -- decode (thread), inference
+(caller's thread), overlay + encode (thread) -- so decoding and encoding overlap with the graph; frames
+keep their order (one thread per stage, FIFO queues) and none is dropped (a full queue blocks its producer).
+The summary reports the end-to-end FPS and the graph's own FPS (the graph alone on a frame, after the run).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtseg.deploy.images import IMAGE_SUFFIXES, read_image
+from rtseg.deploy.segmenter import Segmenter, palette_for
+
+__all__ = ["VIDEO_SUFFIXES", "PredictSummary", "Source", "palette_for", "predict", "resolve_sources"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: ``kind`` is ``"image"``, ``"video"`` or ``"camera"``; ``path`` a file or ``/dev/videoN``."""
+
+    kind: str
+    path: str
+
+    @property
+    def stem(self) -> str:
+        return Path(self.path).stem if self.kind != "camera" else f"camera{Path(self.path).name[5:]}"
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict` did: counts, written files, skipped inputs (with reasons) and throughput."""
+
+    images: int = 0
+    frames: int = 0
+    outputs: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    backend: str = ""
+    precision: str = ""
+    #: the time the graph ran (ms, summed), and the graph's own FPS measured alone on a frame after a video
+    infer_ms: float = 0.0
+    graph_fps: float | None = None
+
+    @property
+    def fps(self) -> float:
+        n = self.images + self.frames
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+
+def _classify(path: Path) -> Source:
+    suf = path.suffix.lower()
+    if suf in IMAGE_SUFFIXES:
+        return Source("image", str(path))
+    if suf in VIDEO_SUFFIXES:
+        return Source("video", str(path))
+    raise ValueError(f"{path}: unsupported format {suf or '(no suffix)'!r}; images: "
+                     f"{' '.join(IMAGE_SUFFIXES)}; videos: {' '.join(VIDEO_SUFFIXES)}")
+
+
+def resolve_sources(sources: Sequence[str | os.PathLike]) -> list[Source]:
+    """Expand files, folders (their images and videos, sorted), glob patterns and camera indices ("0").
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the offending argument.
+    """
+    out: list[Source] = []
+    for s in sources:
+        text = os.fspath(s)
+        p = Path(text)
+        if p.is_dir():
+            found = [_classify(f) for f in sorted(p.iterdir())
+                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+            if not found:
+                raise FileNotFoundError(f"{text}: folder holds no images or videos")
+            out += found
+        elif p.is_file():
+            out.append(_classify(p))
+        elif text.isdigit():
+            dev = f"/dev/video{int(text)}"
+            if not Path(dev).exists():
+                raise FileNotFoundError(f"camera {text}: {dev} does not exist (no such camera on this machine)")
+            out.append(Source("camera", dev))
+        elif any(c in text for c in "*?["):
+            files = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+            if not files:
+                raise FileNotFoundError(f"{text}: pattern matches no files")
+            out += [_classify(f) for f in files]
+        else:
+            raise FileNotFoundError(f"{text}: no such file, folder or camera")
+    if not out:
+        raise ValueError("no input sources given")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- video
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise ImportError("video input needs PyAV: pip install 'rtseg[video]'") from None
+    return av
+
+
+class _Frames:
+    """Decoded RGB frames of a video/camera; undecodable packets are counted in ``bad`` and skipped."""
+
+    def __init__(self, src: Source) -> None:
+        av = _av()
+        try:
+            if src.kind == "camera":
+                self.container = av.open(src.path, format="v4l2")
+            else:
+                self.container = av.open(src.path)
+        except (av.FFmpegError, OSError) as e:
+            raise ValueError(f"{src.path}: cannot open as video ({e})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise ValueError(f"{src.path}: contains no video stream")
+        self.stream = self.container.streams.video[0]
+        self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25)
+        self.total = self.stream.frames or None
+        self.bad: list[str] = []
+        self.src = src
+        self._error = av.FFmpegError
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        index = 0
+        for packet in self.container.demux(self.stream):
+            try:
+                frames = packet.decode()
+            except self._error as e:
+                self.bad.append(f"{self.src.path}: packet {index} (pts {packet.pts}) could not be decoded "
+                                f"({type(e).__name__}: {e}); frame skipped")
+                index += 1
+                continue
+            for frame in frames:
+                if getattr(frame, "corrupt", False):  # decoded with errors (concealment): do not trust it
+                    self.bad.append(f"{self.src.path}: frame {index} is corrupt; skipped")
+                else:
+                    yield frame.to_ndarray(format="rgb24")
+                index += 1
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _VideoWriter:
+    """An mp4 (H.264 when available, else MPEG-4 part 2) written frame by frame; odd sizes are padded."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        av = _av()
+        from fractions import Fraction
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.container = av.open(str(path), mode="w")
+        codec = next(c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available)
+        # x264 "veryfast": ~3x cheaper than its default "medium" at 360x480 for overlays (it runs beside the
+        # graph on the same cores, docs/deploy.md)
+        opts = {"preset": "veryfast"} if codec == "libx264" else {}
+        self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=opts)
+        self.stream.pix_fmt = "yuv420p"
+        self.av = av
+        self.n = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        if self.n == 0:
+            self.stream.height, self.stream.width = h + h % 2, w + w % 2
+        if h % 2 or w % 2:
+            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for pkt in self.stream.encode(frame):
+            self.container.mux(pkt)
+        self.n += 1
+
+    def close(self) -> None:
+        for pkt in self.stream.encode():
+            self.container.mux(pkt)
+        self.container.close()
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+_END = object()
+
+
+class _Stage(threading.Thread):
+    """A pipeline stage thread; its exception is kept and re-raised by the caller after ``join``."""
+
+    def __init__(self, target: Any, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fn, self.error = target, None
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as e:  # noqa: BLE001 -- handed to the caller
+            self.error = e
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Blocking put that gives up when ``stop`` is set (another stage failed); False then."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    """Blocking get that gives up (returns ``_END``) when ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _END
+
+
+def run_pipeline(frames: Iterator[np.ndarray], infer: Any, sink: Any, depth: int = 4) -> int:
+    """Decode -> infer -> sink, overlapped: ``frames`` is iterated in a thread, ``infer(image)`` runs here,
+    ``sink(index, image, labels)`` in a second thread; queues hold at most ``depth`` frames. Returns the
+    number of frames sunk. Frame order is kept (one thread per stage, FIFO queues) and no frame is dropped
+    (a full queue blocks its producer); an error in any stage stops the others and is raised here."""
+    q_in: queue.Queue = queue.Queue(maxsize=depth)
+    q_out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    count = [0]
+
+    def decode() -> None:
+        try:
+            for i, image in enumerate(frames):
+                if not _put(q_in, (i, image), stop):
+                    return
+        except BaseException:
+            stop.set()
+            raise
+        _put(q_in, _END, stop)
+
+    def encode() -> None:
+        try:
+            while (item := _get(q_out, stop)) is not _END:
+                sink(*item)
+                count[0] += 1
+        except BaseException:
+            stop.set()
+            raise
+
+    stages = [_Stage(decode, "rtseg-decode"), _Stage(encode, "rtseg-encode")]
+    for t in stages:
+        t.start()
+    try:
+        while (item := _get(q_in, stop)) is not _END:
+            if not _put(q_out, (item[0], item[1], infer(item[1])), stop):
+                break
+        _put(q_out, _END, stop)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for t in stages:
+            t.join()
+    for t in stages:
+        if t.error is not None:
+            raise t.error
+    return count[0]
+
+
+def _graph_fps(seg: Segmenter, image: np.ndarray, runs: int = 20) -> float:
+    """The graph's own FPS on ``image`` (pre-processed once; ``runs`` timed runs after 3 warm-ups, median)."""
+    import torch
+
+    x = torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1)[None].float().div_(255.0)
+    xin = np.ascontiguousarray(seg.preprocess(x, seg.size)[0].numpy())
+    times = []
+    for k in range(runs + 3):
+        t0 = time.perf_counter()
+        seg.runtime.run(xin)
+        if k >= 3:
+            times.append(time.perf_counter() - t0)
+    return 1.0 / sorted(times)[len(times) // 2]
+
+
+# ----------------------------------------------------------------------------------------------- predict
+def _side_by_side(image: np.ndarray, over: np.ndarray, gap: int = 4) -> np.ndarray:
+    h = image.shape[0]
+    return np.concatenate([image, np.full((h, gap, 3), 255, np.uint8), over], axis=1)
+
+
+class _Run:
+    """One :func:`predict` call: output naming, the summary, progress, and the per-source writers."""
+
+    def __init__(self, seg: Segmenter, out: Path, opts: dict[str, Any], progress: bool, n_images: int) -> None:
+        self.seg, self.out, self.opts = seg, out, opts
+        self.palette = seg.palette
+        self.summary = PredictSummary(backend=seg.backend, precision=seg.precision)
+        self.used: dict[str, int] = {}
+        self.bar = None
+        if progress:
+            from rtseg.utils.progress import tqdm
+
+            self.bar = tqdm(total=n_images or None, unit="img", desc="predict", dynamic_ncols=True)
+        self.start = time.perf_counter()
+
+    def unique(self, stem: str) -> str:  # two sources named a.png in different folders must not overwrite
+        self.used[stem] = self.used.get(stem, 0) + 1
+        return stem if self.used[stem] == 1 else f"{stem}_{self.used[stem]}"
+
+    def tick(self, kind: str) -> None:
+        if kind == "image":
+            self.summary.images += 1
+        else:
+            self.summary.frames += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            el = time.perf_counter() - self.start
+            self.bar.set_postfix(fps=f"{(self.summary.images + self.summary.frames) / el:.1f}" if el > 0 else "-")
+
+    def warn(self, msg: str) -> None:
+        self.summary.skipped.append(msg)
+        if self.bar is not None:
+            self.bar.write(f"warning: {msg}")
+        else:
+            warnings.warn(msg, stacklevel=3)
+
+    def image(self, src: Source) -> None:
+        from rtseg.eval.visualize import overlay as blend
+        from rtseg.eval.visualize import save_label_png, save_png
+
+        stem, o = self.unique(src.stem), self.opts
+        try:
+            image = read_image(src.path)
+        except (ValueError, FileNotFoundError) as e:
+            self.warn(str(e))
+            return
+        labels = self.seg.predict(image)
+        self.summary.outputs.append(str(save_label_png(labels, self.out / f"{stem}.png", self.palette)))
+        if o["overlay"] or o["side_by_side"]:
+            ov = blend(image, labels, self.palette, o["alpha"])
+            if o["overlay"]:
+                self.summary.outputs.append(str(save_png(ov, self.out / f"{stem}_overlay.png")))
+            if o["side_by_side"]:
+                self.summary.outputs.append(str(save_png(_side_by_side(image, ov), self.out / f"{stem}_side.png")))
+        self.tick("image")
+
+    def _sink(self, stem: str, fps: float, writers: dict[str, _VideoWriter]) -> Any:
+        from rtseg.eval.visualize import colorize, save_label_png
+        from rtseg.eval.visualize import overlay as blend
+
+        o = self.opts
+        kinds = [k for k, on in (("overlay", o["overlay"]), ("side", o["side_by_side"])) if on] or ["labels"]
+
+        def sink(i: int, image: np.ndarray, labels: np.ndarray) -> None:
+            ov = blend(image, labels, self.palette, o["alpha"]) if kinds != ["labels"] else None
+            for k in kinds:
+                if k not in writers:
+                    writers[k] = _VideoWriter(self.out / f"{stem}_{k}.mp4", fps)
+                frame = ov if k == "overlay" else _side_by_side(image, ov) if k == "side" else colorize(labels, self.palette)
+                writers[k].write(frame)
+            if o["save_frames"]:
+                save_label_png(labels, self.out / f"{stem}_labels" / f"frame_{i:06d}.png", self.palette)
+            self.tick("frame")
+            self.last = image
+
+        return sink
+
+    def video(self, src: Source) -> None:
+        stem = self.unique(src.stem)
+        frames = _Frames(src)
+        writers: dict[str, _VideoWriter] = {}
+        if self.bar is not None and frames.total:
+            self.bar.total = (self.bar.total or 0) + frames.total
+            self.bar.refresh()
+        self.last = None
+        try:
+            run_pipeline(iter(frames), self.seg.predict, self._sink(stem, frames.fps, writers),
+                         depth=self.opts["queue"])
+        finally:
+            frames.close()
+            for w in writers.values():
+                w.close()
+                self.summary.outputs.append(str(w.path))
+        for msg in frames.bad:
+            self.warn(msg)
+        if self.last is not None:
+            self.graph_image = self.last
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.summary.seconds = time.perf_counter() - self.start
+        self.summary.infer_ms = round(self.seg.speed["infer"], 2)
+
+
+def predict(
+    weights: str | os.PathLike | Any,
+    sources: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    backend: str = "auto",
+    precision: str | None = None,
+    size: tuple[int, int] | None = None,
+    overlay: bool = False,
+    side_by_side: bool = False,
+    save_frames: bool = False,
+    alpha: float = 0.5,
+    progress: bool = True,
+    queue_depth: int = 4,
+    **segmenter_kw: Any,
+) -> PredictSummary:
+    """Segment ``sources`` and write label PNGs / overlays / videos into ``out_dir``.
+
+    ``weights``: checkpoint path, shipped weights name, model, an exported artifact (``.xml`` / ``.onnx``),
+    or a ready :class:`Segmenter` (then ``backend``/``precision``/``size`` are ignored). ``backend="auto"``:
+    the fastest installed runtime (:class:`Segmenter`). Images are ``H x W x 3`` RGB at any resolution;
+    outputs are at the source resolution. Videos run pipelined with queues of ``queue_depth`` frames.
+    Returns a :class:`PredictSummary` (``backend``/``precision`` say what ran; ``graph_fps``: the graph
+    alone, measured after the last video).
+    """
+    items = resolve_sources(sources)  # bad arguments fail here, before a model is built
+    seg = weights if isinstance(weights, Segmenter) else Segmenter(
+        weights, backend=backend, precision=precision, size=size, **segmenter_kw)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = {"overlay": overlay, "side_by_side": side_by_side, "save_frames": save_frames, "alpha": alpha,
+            "queue": max(1, int(queue_depth))}
+    run = _Run(seg, out, opts, progress, sum(s.kind == "image" for s in items))
+    seg.reset_speed()
+    run.graph_image = None
+    try:
+        for src in items:
+            run.image(src) if src.kind == "image" else run.video(src)
+    finally:
+        run.close()
+    if run.graph_image is not None:
+        run.summary.graph_fps = round(_graph_fps(seg, run.graph_image), 2)
+    return run.summary
