@@ -24,13 +24,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("rtseg.hub",),
     ("rtseg.checkpoint",),
     ("rtseg.eval",),
-    ("rtseg.engine", "rtseg.deploy", "rtseg.deploy.segmenter", "rtseg.deploy.export", "rtseg.deploy.predict", "rtseg.deploy.bench"),
+    ("rtseg.engine", "rtseg.deploy", "rtseg.deploy.segmenter", "rtseg.deploy.exporter", "rtseg.deploy.predictor", "rtseg.deploy.bench"),
     ("rtseg.reporting", "rtseg.packaging", "rtseg.serve"),
     ("rtseg.demo", "rtseg.cli"),
     ("rtseg", "rtseg.__main__"),
 ]
 #: packages of one layer that must not import each other (the training engine and the deploy stack)
-SIBLINGS = {"rtseg.engine": {"rtseg.deploy", "rtseg.deploy.segmenter", "rtseg.deploy.export", "rtseg.deploy.predict", "rtseg.deploy.bench"}}
+SIBLINGS = {"rtseg.engine": {"rtseg.deploy", "rtseg.deploy.segmenter", "rtseg.deploy.exporter", "rtseg.deploy.predictor", "rtseg.deploy.bench"}}
 
 
 def _module_name(path: Path) -> str:
@@ -154,3 +154,24 @@ def test_no_function_is_longer_than_the_limit(limit: int) -> None:
                 if n > limit:
                     long.append(f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "\n".join(long)
+
+
+def test_no_module_is_shadowed_by_a_name_of_its_package() -> None:
+    """``rtseg.train`` is a function and its module is ``rtseg.engine.trainer``: a package never exports a name
+    that hides one of its own submodules (``import rtseg.x.y as m`` would hand back the function)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import rtseg
+
+    bad = []
+    for info in [*pkgutil.walk_packages(rtseg.__path__, "rtseg."), None]:
+        pkg = rtseg if info is None else importlib.import_module(info.name) if info.ispkg else None
+        if pkg is None:
+            continue
+        for sub in pkgutil.iter_modules(pkg.__path__):
+            v = getattr(pkg, sub.name, None)
+            if v is not None and not isinstance(v, types.ModuleType):
+                bad.append(f"{pkg.__name__}.{sub.name} is shadowed by a {type(v).__name__}")
+    assert not bad, bad

@@ -1,4 +1,4 @@
-"""``rtseg export``: the command-line face of :func:`rtseg.deploy.export`."""
+"""``rtseg export``: the command-line face of :func:`rtseg.deploy.exporter`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rtseg.checkpoint import load_model
 from rtseg.cli._common import UsageError, parse_size
-from rtseg.deploy.export import ExportError, export
+from rtseg.deploy.exporter import ExportError, export
 from rtseg.models._registry import create_model, list_models, model_info
 from rtseg.utils.deps import require_export
 

@@ -1,4 +1,4 @@
-"""``rtseg predict``: the command-line face of :func:`rtseg.deploy.predict`."""
+"""``rtseg predict``: the command-line face of :func:`rtseg.deploy.predictor`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rtseg.cli._common import UsageError, parse_size, positive_int, threads_int
 from rtseg.deploy.artifact import is_artifact_path
-from rtseg.deploy.predict import VIDEO_SUFFIXES, predict, resolve_sources
+from rtseg.deploy.predictor import VIDEO_SUFFIXES, predict, resolve_sources
 from rtseg.utils.deps import require, require_runtime
 from rtseg.utils.io import check_out_dir
 

@@ -1,12 +1,12 @@
 """The deploy layer: export artifacts, run them on any runtime, benchmark and predict.
 
-- :mod:`~rtseg.deploy.export`: deploy form, ONNX / OpenVINO IR / TorchScript export at fp32 / bf16 / int8,
+- :mod:`~rtseg.deploy.exporter`: deploy form, ONNX / OpenVINO IR / TorchScript export at fp32 / bf16 / int8,
   verification;
 - :mod:`~rtseg.deploy.artifact`: the metadata an exported file carries, and its validation;
 - :mod:`~rtseg.deploy.backends`: one object per runtime (torch, ONNX Runtime, OpenVINO) running a graph;
 - :mod:`~rtseg.deploy.quantize`: int8 by NNCF / ONNX Runtime;
 - :mod:`~rtseg.deploy.segmenter`: :class:`Segmenter`, the front (validation, pre/post-processing);
-- :mod:`~rtseg.deploy.predict` / :mod:`~rtseg.deploy.bench`: ``rtseg predict`` / ``rtseg bench``.
+- :mod:`~rtseg.deploy.predictor` / :mod:`~rtseg.deploy.bench`: ``rtseg predict`` / ``rtseg bench``.
 
 Layering: deploy imports utils, data, models, grouping/fuse, hub (read side), checkpoint and metrics /
 visualize; never train, report or the CLI.
@@ -32,7 +32,7 @@ from rtseg.deploy.bench import (
     markdown_table,
     to_json,
 )
-from rtseg.deploy.export import (
+from rtseg.deploy.exporter import (
     FORMATS,
     ExportError,
     ExportResult,
@@ -46,7 +46,7 @@ from rtseg.deploy.export import (
     verify_onnx,
 )
 from rtseg.deploy.images import IMAGE_SUFFIXES, load_images, read_image
-from rtseg.deploy.predict import (
+from rtseg.deploy.predictor import (
     VIDEO_SUFFIXES,
     PredictSummary,
     Source,

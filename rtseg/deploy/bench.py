@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import resource
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,8 @@ from torch import nn
 from rtseg.deploy.artifact import is_artifact_path
 from rtseg.deploy.backends import Backend, TorchBackend
 from rtseg.deploy.segmenter import Segmenter
+from rtseg.utils.machine import machine_info
+from rtseg.utils.timing import time_calls
 
 __all__ = ["BenchResult", "bench_image", "benchmark", "machine_info", "markdown_table"]
 
@@ -56,29 +57,6 @@ class BenchResult:
     runs: int
     profile: dict[str, float] = field(default_factory=dict)
     int8_keep_float: list[str] = field(default_factory=list)  # int8 rows: modules left in float
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model and flags of interest, core count and library versions, written next to the numbers."""
-    cpu, flags = "", set[str]()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-                            "isa": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni",
-                                                                    "avx512_bf16", "amx_bf16", "amx_int8"}),
-                            "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-    for mod in ("onnxruntime", "openvino", "nncf"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    return info
 
 
 def bench_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -106,21 +84,6 @@ def _peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _timeit(fn: Any, x: np.ndarray, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)
-
-
-def _pct(times: list[float], q: float) -> float:
-    return times[min(len(times) - 1, round(q * (len(times) - 1)))]
 
 
 def _load(spec: str | nn.Module, num_classes: int) -> nn.Module:
@@ -154,11 +117,11 @@ def _row_backend(model: nn.Module, backend: str, precision: str, setting: str, s
 
 def _measure(run: Backend, ref: np.ndarray | None, xn: np.ndarray, warmup: int, runs: int, tput_s: float,
              tput_batch: int, profile: bool) -> dict[str, Any]:
-    times = _timeit(run.run, xn, warmup, runs)
+    timing = time_calls(lambda: run.run(xn), warmup=warmup, runs=runs)  # the one timing loop (rtseg.utils)
     out = run.run(xn)
     labels = out if out.ndim == 3 else out.argmax(1)  # in-graph argmax: labels already
-    p50 = statistics.median(times)
-    return {"p50_ms": round(p50, 2), "p90_ms": round(_pct(times, 0.9), 2), "fps": round(1e3 / p50, 2),
+    p50 = timing.median_ms
+    return {"p50_ms": round(p50, 2), "p90_ms": round(timing.p90_ms, 2), "fps": round(1e3 / p50, 2),
             "agreement": round(float((labels == ref).mean()), 5) if ref is not None else float("nan"),
             "throughput_fps": round(run.throughput(xn, tput_batch, tput_s), 2) if tput_s > 0 else None,
             "profile": run.profile(xn) if profile else {}, "_labels": labels}

@@ -9,25 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from rtseg.data.base import SegDataset
+from rtseg.data.io import read_image  # the one reader of every PNG/JPEG mode (#14), used here too
+
 __all__ = ["IMAGE_SUFFIXES", "as_image", "labelled_pairs", "load_images", "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 ImageLike = np.ndarray | str | os.PathLike
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB from an image file; one-line errors naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
 def as_image(img: ImageLike) -> np.ndarray:
@@ -60,8 +49,6 @@ def load_images(source: Any, limit: int | None = None) -> list[np.ndarray]:
 
     With ``limit``, at most ``limit`` images spread evenly over the source (calibration wants variety).
     """
-    from rtseg.data.base import SegDataset
-
     def pick(n: int) -> list[int]:
         if limit is None or n <= limit:
             return list(range(n))
@@ -80,8 +67,6 @@ def load_images(source: Any, limit: int | None = None) -> list[np.ndarray]:
 
 def labelled_pairs(source: Any) -> list[tuple[np.ndarray, Any]]:
     """(H x W x 3 uint8 image, H x W label) pairs from a ``SegDataset`` or an iterable of pairs."""
-    from rtseg.data.base import SegDataset
-
     pairs = [source[i][:2] for i in range(len(source))] if isinstance(source, SegDataset) else list(source)
     if not pairs:
         raise ValueError("int8_control: no labelled images given")

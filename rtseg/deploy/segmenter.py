@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtseg.data.inputs import as_rgb_arrays, is_single
 from rtseg.deploy.artifact import ArtifactInfo, is_artifact_path
 from rtseg.deploy.backends import (
     BACKENDS,
@@ -43,7 +44,9 @@ from rtseg.deploy.backends import (
     open_artifact,
     resolve_backend,
 )
-from rtseg.deploy.images import as_image, labelled_pairs, load_images
+from rtseg.deploy.images import labelled_pairs, load_images
+from rtseg.eval.result import SegResult
+from rtseg.utils.machine import cpu_flags
 
 __all__ = ["BACKENDS", "PRECISIONS", "Segmenter", "cpu_supports_bf16", "palette_for"]
 
@@ -56,11 +59,7 @@ INT8_DEFAULT_RULE = "high-res"
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), which bf16 inference needs."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
         return True
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -257,7 +256,7 @@ class Segmenter:
         #: how :attr:`int8_keep_float` was chosen: "given", "recorded" (shipped weights) or "high-res" (the rule)
         self.int8_rule = "recorded" if recorded is not None else "given" if keep_float is not None else "high-res"
         if keep_float is None and precision == "int8" and INT8_DEFAULT_RULE == "high-res":
-            from rtseg.deploy.export import deploy_model
+            from rtseg.deploy.exporter import deploy_model
             from rtseg.deploy.quantize import high_resolution_convs
 
             keep_float = high_resolution_convs(deploy_model(model), self.export_size())
@@ -283,7 +282,7 @@ class Segmenter:
     def float_scopes(self) -> Any:
         """:class:`rtseg.deploy.quantize.FloatScopes` of this model's deploy form (module <-> node names)."""
         if self._scopes is None:
-            from rtseg.deploy.export import deploy_model
+            from rtseg.deploy.exporter import deploy_model
             from rtseg.deploy.quantize import FloatScopes
 
             self._scopes = FloatScopes((n for n, _ in deploy_model(self.model).named_modules() if n), self.graph_argmax)
@@ -291,12 +290,12 @@ class Segmenter:
 
     # ------------------------------------------------------------------------------------ backends
     def _build_torch(self, calib: Any) -> Backend:
-        from rtseg.deploy.export import deploy_model
+        from rtseg.deploy.exporter import deploy_model
 
         return TorchBackend(deploy_model(self.model), self.precision, self.threads, self.graph_argmax)
 
     def _onnx(self) -> Path:
-        from rtseg.deploy.export import export_onnx
+        from rtseg.deploy.exporter import export_onnx
 
         return export_onnx(self.model, Path(self._tmp) / "model.onnx", size=self.export_size(),
                            dynamic=self.size is None, dynamic_batch=True, fold=True, argmax=self.graph_argmax,
@@ -394,12 +393,9 @@ class Segmenter:
         return out
 
     def _each(self, images: Any, labels: bool) -> Any:
-        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
-            items, single, stacked = [as_image(images)], True, False
-        elif isinstance(images, np.ndarray) and images.ndim != 4:
-            raise ValueError(f"expected H x W x 3 or B x H x W x 3 images, got shape {images.shape}")
-        else:
-            items, single, stacked = [as_image(a) for a in images], False, isinstance(images, np.ndarray)
+        # paths, H x W [x C] arrays, PIL images, lists of them or B x H x W x 3 batches (rtseg.data.inputs)
+        items, single = as_rgb_arrays(images), is_single(images)
+        stacked = isinstance(images, np.ndarray) and images.ndim == 4
         outs = []
         for im in items:
             out = self.forward_tensor(_to_tensor(im))[0]  # labels already with graph_argmax (logits() refuses)
@@ -413,9 +409,20 @@ class Segmenter:
         return np.stack(outs) if stacked else outs
 
     def predict(self, images: Any) -> Any:
-        """``H x W x 3`` uint8 RGB (or a path) -> ``H x W`` uint8 labels; lists / ``B x H x W x 3`` arrays map
-        to lists / ``B x H x W`` arrays."""
+        """``H x W x 3`` uint8 RGB (or a path, a PIL image, a grey / RGBA / float array) -> ``H x W`` uint8
+        labels; lists / ``B x H x W x 3`` arrays map to lists / ``B x H x W`` arrays."""
         return self._each(images, labels=True)
+
+    def __call__(self, images: Any, logits: bool = False) -> Any:
+        """Like :meth:`predict` but a :class:`rtseg.eval.result.SegResult` per image (``.labels``, ``.overlay(alpha)``,
+        ``.save(path)``, ``.shares()``; ``.logits`` / ``.scores`` with ``logits=True``): one, or a list."""
+        items, single = as_rgb_arrays(images), is_single(images)
+        scores = self.logits(items) if logits else None
+        labels = self.predict(items) if scores is None else [s.argmax(0).astype(np.uint8) for s in scores]
+        names = list(self.class_names or [f"class {i}" for i in range(self.num_classes)])
+        out = [SegResult(lab, names, self.palette, image=im, logits=None if scores is None else scores[i])
+               for i, (im, lab) in enumerate(zip(items, labels))]
+        return out[0] if single else out
 
     def logits(self, images: Any) -> Any:
         """Like :meth:`predict` but float32 ``C x H x W`` class scores at the source resolution."""

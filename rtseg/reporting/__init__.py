@@ -34,7 +34,7 @@ from rtseg.checkpoint import load_checkpoint
 from rtseg.data.registry import build_dataset
 from rtseg.eval.metrics import pyplot, to_jsonable
 from rtseg.reporting.figures import colors, write_figures
-from rtseg.reporting.measure import BACKENDS, Entry, measure, ort_available
+from rtseg.reporting.measure import BACKENDS, Entry, measure_entry, ort_available
 from rtseg.reporting.page import fmt, lat_cell, markdown, render_html
 from rtseg.reporting.sources import Source, assign_labels, dataset_spec, group_labels, resolve_source
 from rtseg.utils.deps import require_runtime
@@ -177,7 +177,7 @@ def _measure_all(sources: list[Source], dev: torch.device, say: Any, *, dataset:
         if key not in datasets:
             datasets[key] = build_dataset(spec["name"], root=spec["root"], split=spec["split"], **spec["kwargs"])
         say(f"[{k}/{len(sources)}] {src.label}: evaluating {src.checkpoint} on {spec['name']}/{spec['split']}")
-        entry = measure(src, datasets[key], key, dev, **measure_kw)
+        entry = measure_entry(src, datasets[key], key, dev, **measure_kw)
         r = entry.record
         say(f"    mIoU {fmt(r['miou'], '.2f', 100)}  {r['params'] / 1e6:.3f} M params  {r['gmacs']:.3f} GMACs"
             f" @ {r['size'][0]}x{r['size'][1]}  " + "  ".join(f"{b} {lat_cell(v)}" for b, v in r["latency"].items()))

@@ -20,7 +20,7 @@ from rtseg.nn.grouping import convert_to_deploy, get_alpha
 from rtseg.reporting.sources import Source, read_log
 from rtseg.utils.timing import time_calls
 
-__all__ = ["BACKENDS", "Entry", "architecture", "measure", "ort_available", "profiled_form"]
+__all__ = ["BACKENDS", "Entry", "architecture", "measure_entry", "ort_available", "profiled_form"]
 
 #: latency backends the report knows; "torch" (eager) is always measured
 BACKENDS = ("torch", "onnxruntime")
@@ -93,7 +93,7 @@ class Entry:
     color: Any = None  # the model's colour in every figure
 
 
-def measure(src: Source, ds: Any, dskey: str, dev: torch.device, *, max_images: int | None,
+def measure_entry(src: Source, ds: Any, dskey: str, dev: torch.device, *, max_images: int | None,
              size: tuple[int, int] | None, latency_runs: int, warmup: int, threads: int, backends: list[str],
              samples: int, progress: bool) -> Entry:
     """Evaluate, count and time one checkpoint; predict the qualitative images."""

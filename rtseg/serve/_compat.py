@@ -1,11 +1,11 @@
 """The rtseg helpers the server borrows from other layers, each behind one function: the one place to repoint
-when they move (``rtseg.deploy.predict`` -> ``rtseg.deploy``, ``rtseg.eval.visualize`` -> ``rtseg.eval``)."""
+when they move (``rtseg.deploy.predictor`` -> ``rtseg.deploy``, ``rtseg.eval.visualize`` -> ``rtseg.eval``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from rtseg.deploy.predict import palette_for
+from rtseg.deploy.predictor import palette_for
 from rtseg.deploy.segmenter import Segmenter
 from rtseg.eval.visualize import overlay
 

@@ -138,7 +138,7 @@ def test_shuffle_fold_leaves_masked_and_plain_modules():
 
 def test_argmax_forms_agree_with_ties():
     """Both in-graph argmax forms return torch's argmax: the first maximal class, ties included."""
-    from rtseg.deploy.export import ArgmaxHead
+    from rtseg.deploy.exporter import ArgmaxHead
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (2, 6, 9, 11), generator=g).float()  # few distinct values: many ties

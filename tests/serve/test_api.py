@@ -22,7 +22,7 @@ import httpx
 
 import rtseg
 from rtseg.cli import main
-from rtseg.deploy.predict import palette_for
+from rtseg.deploy.predictor import palette_for
 from rtseg.eval.visualize import overlay
 from rtseg.serve import create_app
 

@@ -1,4 +1,4 @@
-"""``rtseg.deploy.predict``: segment image files, folders, glob patterns, videos and cameras into label PNGs,
+"""``rtseg.deploy.predictor``: segment image files, folders, glob patterns, videos and cameras into label PNGs,
 colour overlays and side-by-side videos, on any :class:`rtseg.Segmenter` backend.
 
 Outputs in ``out_dir`` (``<stem>`` = the source file's name without suffix):
@@ -34,6 +34,7 @@ import numpy as np
 
 from rtseg.deploy.images import IMAGE_SUFFIXES, read_image
 from rtseg.deploy.segmenter import Segmenter, palette_for
+from rtseg.utils.io import atomic_path, check_out_dir, remove_stale_temps
 
 __all__ = ["VIDEO_SUFFIXES", "PredictSummary", "Source", "palette_for", "predict", "resolve_sources"]
 
@@ -178,7 +179,10 @@ class _VideoWriter:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.container = av.open(str(path), mode="w")
+        # written under a temp name (same suffix: the container follows it) and renamed when closed: a kill
+        # leaves no unplayable mp4 under the final name (#14)
+        self._atomic = atomic_path(path)
+        self.container = av.open(str(self._atomic.__enter__()), mode="w")
         codec = next(c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available)
         # x264 "veryfast": ~3x cheaper than its default "medium" at 360x480 for overlays (it runs beside the
         # graph on the same cores, docs/deploy.md)
@@ -199,10 +203,19 @@ class _VideoWriter:
             self.container.mux(pkt)
         self.n += 1
 
-    def close(self) -> None:
-        for pkt in self.stream.encode():
-            self.container.mux(pkt)
-        self.container.close()
+    def close(self, error: BaseException | None = None) -> None:
+        """Finish the file and move it into place; with ``error`` (a failed run) remove it instead."""
+        try:
+            if error is None:
+                for pkt in self.stream.encode():
+                    self.container.mux(pkt)
+            self.container.close()
+        except BaseException as e:
+            error = error or e
+        if error is None:
+            self._atomic.__exit__(None, None, None)
+        else:
+            self._atomic.__exit__(type(error), error, error.__traceback__)
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -399,14 +412,19 @@ class _Run:
             self.bar.total = (self.bar.total or 0) + frames.total
             self.bar.refresh()
         self.last = None
+        error: BaseException | None = None
         try:
             run_pipeline(iter(frames), self.seg.predict, self._sink(stem, frames.fps, writers),
                          depth=self.opts["queue"])
+        except BaseException as e:
+            error = e
+            raise
         finally:
             frames.close()
             for w in writers.values():
-                w.close()
-                self.summary.outputs.append(str(w.path))
+                w.close(error)  # a failed or interrupted video is removed, never left half-written
+                if error is None:
+                    self.summary.outputs.append(str(w.path))
         for msg in frames.bad:
             self.warn(msg)
         if self.last is not None:
@@ -444,10 +462,13 @@ def predict(
     alone, measured after the last video).
     """
     items = resolve_sources(sources)  # bad arguments fail here, before a model is built
+    # never write over the sources (#14: a predict into its own input folder replaced its PNGs)
+    check_out_dir([s.path for s in items if s.kind != "camera"], out_dir, what="out_dir")
     seg = weights if isinstance(weights, Segmenter) else Segmenter(
         weights, backend=backend, precision=precision, size=size, **segmenter_kw)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # what a killed predict left (its outputs are written under temp names)
     opts = {"overlay": overlay, "side_by_side": side_by_side, "save_frames": save_frames, "alpha": alpha,
             "queue": max(1, int(queue_depth))}
     run = _Run(seg, out, opts, progress, sum(s.kind == "image" for s in items))
