@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["IMAGE_MODES", "LABEL_MODES", "open_image", "read_image", "read_label"]
+__all__ = ["IMAGE_MODES", "LABEL_MODES", "image_to_rgb", "open_image", "read_image", "read_label"]
 
 #: modes converted by Pillow's own (lossless for these) conversion to RGB
 _TO_RGB = ("RGB", "L", "P", "PA", "LA", "La", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "1")
@@ -71,6 +71,14 @@ def read_image(path: str | os.PathLike | BinaryIO, name: str | None = None) -> n
     """Decode an image file (or binary file object) to ``H x W x 3`` uint8 RGB (modes: the module docstring)."""
     img = open_image(path, name)
     path = Path(name or getattr(path, "name", None) or "<upload>") if hasattr(path, "read") else Path(path)
+    return image_to_rgb(img, path)
+
+
+def image_to_rgb(img: Any, path: str | os.PathLike = "<image>") -> np.ndarray:
+    """A decoded PIL image -> ``H x W x 3`` uint8 RGB by the module's mode rules (16-bit scaled, not clipped);
+    ``ValueError`` naming ``path`` and the mode for modes it cannot read faithfully. ``rtseg serve`` calls this
+    after its own header checks, so an upload is converted exactly as a file on disk."""
+    path = Path(path)
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)

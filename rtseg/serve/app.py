@@ -51,6 +51,7 @@ except ImportError as e:  # the one-line hint names the extra, not a traceback i
 from PIL import Image, UnidentifiedImageError
 
 from rtseg._version import __version__
+from rtseg.data.io import IMAGE_MODES, image_to_rgb
 from rtseg.deploy.segmenter import Segmenter
 from rtseg.serve._compat import blend, palette
 
@@ -62,7 +63,6 @@ DEFAULT_MAX_UPLOAD = 10 * 2**20  # bytes of request body (multipart overhead inc
 DEFAULT_MAX_PIXELS = 4096 * 4096  # decoded pixels; a small PNG can expand to gigabytes
 DEFAULT_QUEUE = 16  # jobs waiting or running; more -> 503
 #: Pillow modes that convert to 8-bit RGB without losing meaning; 16-bit / float ("I;16", "I", "F") do not
-IMAGE_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
 FORMATS = ("labels", "overlay", "json")
 
 
@@ -98,12 +98,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, field: str =
         raise ServeError(413, f"image is {w}x{h} = {w * h / 1e6:.1f} Mpx, over the server's limit of "
                               f"{max_pixels / 1e6:.1f} Mpx (--max-megapixels)")
     if im.mode not in IMAGE_MODES:
-        raise ServeError(415, f"unsupported image mode {im.mode!r} (16-bit or float pixels); send 8-bit RGB, "
-                              "RGBA, grayscale or palette images")
+        raise ServeError(415, f"unsupported image mode {im.mode!r} (float or signed pixels); send 8- or 16-bit "
+                              "RGB, RGBA, grayscale or palette images")
     try:
-        return np.asarray(im.convert("RGB"))
+        im.load()
     except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data shows up at load time
         raise ServeError(400, f"field {field!r}: corrupt or truncated {im.format} image ({e})") from None
+    try:
+        return image_to_rgb(im, f"field {field!r}")  # the one conversion every rtseg reader uses (rtseg.data.io)
+    except ValueError as e:
+        raise ServeError(415, str(e)) from None
 
 
 def encode_labels(labels: np.ndarray, colours: np.ndarray) -> bytes:

@@ -23,7 +23,7 @@ def segmenter():
     """The shipped ``enet_camvid`` on PyTorch, one thread (the machine is shared)."""
     import rtseg
 
-    seg = rtseg.Segmenter("enet_camvid", threads=1)
+    seg = rtseg.Segmenter("enet_camvid", backend="torch", threads=1)  # OpenVINO stays out of this process (Makefile)
     yield seg
     seg.close()
 

@@ -114,10 +114,22 @@ def test_other_image_kinds_are_converted_like_the_segmenter(server, segmenter, i
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want)
 
 
-def _png16() -> bytes:
+def _tiff_float() -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.zeros((8, 8), np.uint16)).save(buf, format="PNG")
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(buf, format="TIFF")
     return buf.getvalue()
+
+
+def test_16_bit_uploads_are_scaled_like_files(server, segmenter) -> None:
+    """A 16-bit PNG is read as rtseg reads it from disk (rtseg.data.io: scaled to 8 bits, not white)."""
+    gray = np.random.default_rng(0).integers(0, 65536, (48, 64), dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="PNG")
+    r = post(server, buf.getvalue(), name="a.png")
+    assert r.status_code == 200
+    got = np.asarray(Image.open(io.BytesIO(r.content)))
+    eight = ((gray.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    np.testing.assert_array_equal(got, segmenter.predict(np.repeat(eight[..., None], 3, axis=2)))
 
 
 def _huge_png() -> bytes:  # 2000 x 1500 = 3 Mpx of zeros: a few KB on the wire
@@ -138,7 +150,7 @@ BAD_INPUTS = {
     "empty body": (lambda img: {"files": {"file": ("a.png", b"", "image/png")}}, 400, "empty upload"),
     "truncated png": (lambda img: {"files": {"file": ("a.png", png_bytes(img)[:300], "image/png")}}, 400,
                       "truncated"),
-    "16-bit mode": (lambda img: {"files": {"file": ("a.png", _png16(), "image/png")}}, 415, "mode 'I;16'"),
+    "float mode": (lambda img: {"files": {"file": ("a.tif", _tiff_float(), "image/tiff")}}, 415, "mode 'F'"),
     "too many pixels": (lambda img: {"files": {"file": ("a.png", _huge_png(), "image/png")}}, 413, "Mpx"),
     "decompression bomb": (lambda img: {"files": {"file": ("a.png", _bomb_png(), "image/png")}}, 413,
                            "limit of 2.0 Mpx"),
