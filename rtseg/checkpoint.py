@@ -151,10 +151,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate an rtseg checkpoint dict (safe: ``weights_only=True``; fields checked by
     :func:`validate_checkpoint`); ``path`` may also name shipped weights (``"enet_camvid"``, see
     :func:`resolve_checkpoint`), so every ``init=``/checkpoint argument takes those names too."""
-    try:
-        path = resolve_checkpoint(path)
-    except FileNotFoundError as e:
-        raise CheckpointError(str(e)) from None
+    # a str is an argument as the user wrote it (names win, see resolve_checkpoint); a Path is a file already
+    # chosen (load_model resolved it; "./enet_camvid" would otherwise lose its "./" and become the name)
+    if not isinstance(path, Path) or not path.exists():
+        try:
+            path = resolve_checkpoint(path)
+        except FileNotFoundError as e:
+            raise CheckpointError(str(e)) from None
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

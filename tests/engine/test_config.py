@@ -132,7 +132,7 @@ def test_shipped_recipes_load_and_name_real_models_and_datasets(recipe: str) -> 
         assert c == load_config(DEMO_RECIPE, [f"out={c.out}"]), "configs/synthetic_demo.yaml != DEMO_RECIPE"
         return
     # the papers' weight decay, except the recipes of the ESSNet author's released code (DG_main.py: 1e-4)
-    released_code = recipe in ("essnet_dg_cityscapes.yaml", "essnet_d_cityscapes.yaml")
+    released_code = recipe in ("essnet_dg_cityscapes.yaml", "essnet_d_cityscapes.yaml", "essnet_camvid_study.yaml")
     assert c.lr == 5e-4 and c.weight_decay == (1e-4 if released_code else 2e-4) and c.optimizer == "adam"
 
 

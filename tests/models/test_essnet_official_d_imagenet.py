@@ -106,7 +106,7 @@ def test_imagenet_checkpoint_starts_training(shared_dir, tmp_path):
     out = convert_file("essnet-official-imagenet", src, tmp_path / "enc.pt")
     cfg = TrainConfig(model="essnet_dg2s", init=str(out))
     model = create_model(cfg.model, num_classes=20)
-    n = _init_from(model, cfg.init)
+    n = _init_from(model, cfg.init)["loaded"]
     raw = load_foreign_state_dict(src)
     enc = {k[len("module.features."):]: v for k, v in raw.items() if k.startswith("module.features.encoder.")}
     own = model.state_dict()
