@@ -13,13 +13,12 @@ running it as if it were an rtseg graph would silently give wrong labels.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARTIFACT_SUFFIXES", "ArtifactError", "ArtifactInfo", "file_sha256", "is_artifact_path",
+__all__ = ["ARTIFACT_SUFFIXES", "ArtifactError", "ArtifactInfo", "is_artifact_path",
            "read_metadata"]
 
 #: artifact file suffix -> the runtime that runs it
@@ -38,14 +37,6 @@ class ArtifactError(ValueError):
 def is_artifact_path(path: Any) -> bool:
     """True for a path (str / PathLike) whose suffix is an artifact's (``.onnx``, ``.xml``)."""
     return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in ARTIFACT_SUFFIXES
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encode(meta: dict[str, Any]) -> dict[str, str]:

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtseg.deploy.artifact import ARTIFACT_VERSION, INPUT_CONVENTION, encode, file_sha256
+from rtseg.deploy.artifact import ARTIFACT_VERSION, INPUT_CONVENTION, encode
+from rtseg.hub import sha256 as file_sha256
 from rtseg.utils.io import atomic_open
 
 __all__ = [

@@ -5,16 +5,14 @@ Each raises a one-line error naming the argument, so that the CLI can print it a
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
 
 import torch
 
-__all__ = ["check_device", "check_threads", "parse_device", "plain_worker_errors", "require", "worker_error_line"]
+__all__ = ["check_device", "check_threads", "parse_device", "plain_worker_errors", "worker_error_line"]
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda|mps|xpu)(:\d+)?$")
 
@@ -56,15 +54,6 @@ def check_threads(n: int | None, what: str = "threads") -> int | None:
     if n > 4096:
         raise ValueError(f"{what}={n}: more threads than any machine has cores (this one: {os.cpu_count()})")
     return n or None
-
-
-def require(module: str, purpose: str, extra: str | None = None) -> ModuleType:
-    """Import an optional dependency, or ``ImportError`` saying what needs it and how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        hint = f"pip install 'rtseg[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
-        raise ImportError(f"{purpose} needs the optional package {module.split('.')[0]!r}: {hint}") from None
 
 
 def worker_error_line(exc: BaseException) -> str | None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtseg.utils.checks import check_device, check_threads, plain_worker_errors, require, worker_error_line
+from rtseg.utils.checks import check_device, check_threads, plain_worker_errors, worker_error_line
+from rtseg.utils.deps import require
 from rtseg.utils.io import (
     atomic_open,
     atomic_path,
@@ -110,9 +111,9 @@ def test_device_threads_and_require_checks() -> None:
     for bad in (-1, 1.5, True, 10**6):
         with pytest.raises(ValueError, match="threads"):
             check_threads(bad)
-    with pytest.raises(ImportError, match=r"video input needs the optional package 'no_such_pkg_x'.*rtseg\[video\]"):
-        require("no_such_pkg_x", "video input", extra="video")
-    assert require("json", "x").dumps([]) == "[]"
+    with pytest.raises(ImportError, match=r"video input needs no_such_pkg_x.*rtseg\[video\]"):
+        require("no_such_pkg_x", "video", "video input")
+    assert require("json", "x", "y").dumps([]) == "[]"
 
 
 def test_worker_errors_become_the_in_process_line() -> None:
