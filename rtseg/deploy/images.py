@@ -11,6 +11,7 @@ import numpy as np
 
 from rtseg.data.base import SegDataset
 from rtseg.data.io import read_image  # the one reader of every PNG/JPEG mode (#14), used here too
+from rtseg.utils.progress import tqdm
 
 __all__ = ["IMAGE_SUFFIXES", "as_image", "labelled_pairs", "load_images", "read_image"]
 
@@ -58,7 +59,10 @@ def load_images(source: Any, limit: int | None = None) -> list[np.ndarray]:
         return [source[i][0] for i in pick(len(source))]
     if isinstance(source, (str, os.PathLike)):
         files = _image_files(source)
-        return [read_image(files[i]) for i in pick(len(files))]
+        idx = pick(len(files))
+        # a bar in a terminal, a line every few seconds in a log file (rtseg.utils.progress), for long sets only
+        it = tqdm(idx, desc="images", unit="img", leave=False) if len(idx) > 8 else idx
+        return [read_image(files[i]) for i in it]
     items = list(source)
     if not items:
         raise ValueError("no images given")

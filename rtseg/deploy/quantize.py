@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from rtseg.utils.logs import third_party_quiet
+
 __all__ = ["INT8_KEEP_FLOAT", "FloatScopes", "high_resolution_convs", "quantize_onnx", "quantize_openvino", "quantized_ops"]
 
 #: Operator types int8 leaves in floating point (per runtime's op naming). Transposed convs: quantizing them
@@ -191,8 +193,10 @@ def quantize_openvino(ir: Any, calib: list[np.ndarray], scopes: FloatScopes, kee
     nncf = _nncf()
     adv, kw = _nncf_settings(nncf, ir, len(calib), scopes, keep_float)
     if control is None:
-        return nncf.quantize(ir, nncf.Dataset(calib), advanced_parameters=adv, **kw), list(keep_float)
-    q = nncf.quantize_with_accuracy_control(
+        with third_party_quiet():  # NNCF's INFO lines and bars stay out of rtseg's output (the CLI: unless -v)
+            return nncf.quantize(ir, nncf.Dataset(calib), advanced_parameters=adv, **kw), list(keep_float)
+    with third_party_quiet():
+        q = nncf.quantize_with_accuracy_control(
         ir.clone(), nncf.Dataset(calib), nncf.Dataset(control, lambda it: it[0]), metric, max_drop=max_drop,
         advanced_quantization_parameters=adv, **kw)
     # layers quantized by plain NNCF with the same settings but left in float here: the reverted ones

@@ -18,6 +18,7 @@ __all__ = ["NOISY_LOGGERS", "quiet_third_party", "third_party_quiet"]
 
 #: loggers of the libraries rtseg drives that log at INFO by default
 NOISY_LOGGERS = ("nncf", "openvino", "onnxruntime", "onnxscript", "torch.onnx", "torch.export")
+_VERBOSE = [False]  # set by the CLI's --verbose: library calls then leave the chatter on too
 
 
 def _rich_console():  # rich is an NNCF dependency; absent -> nothing to mute
@@ -30,6 +31,7 @@ def _rich_console():  # rich is an NNCF dependency; absent -> nothing to mute
 
 def quiet_third_party(verbose: bool = False) -> None:
     """Process-wide: third-party loggers at WARNING (``verbose``: INFO) and rich's console muted (unmuted)."""
+    _VERBOSE[0] = verbose
     level = logging.INFO if verbose else logging.WARNING
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)
@@ -44,8 +46,11 @@ def quiet_third_party(verbose: bool = False) -> None:
 
 
 @contextmanager
-def third_party_quiet(verbose: bool = False) -> Iterator[None]:
-    """:func:`quiet_third_party` for a block; the previous levels and console state come back after it."""
+def third_party_quiet(verbose: bool | None = None) -> Iterator[None]:
+    """:func:`quiet_third_party` for a block; the previous levels and console state come back after it.
+    ``verbose=None``: as the process was set (``rtseg --verbose``)."""
+    verbose = _VERBOSE[0] if verbose is None else verbose
+    outer = _VERBOSE[0]
     saved = {}
     for name in NOISY_LOGGERS:
         lg = logging.getLogger(name)
@@ -62,3 +67,4 @@ def third_party_quiet(verbose: bool = False) -> Iterator[None]:
                 h.setLevel(hl)
         if console is not None:
             console.quiet = was_quiet
+        _VERBOSE[0] = outer
