@@ -7,9 +7,8 @@ from pathlib import Path
 
 from rtseg.cli._common import UsageError, parse_size, positive_int, threads_int
 from rtseg.deploy.artifact import is_artifact_path
-from rtseg.deploy.predictor import VIDEO_SUFFIXES, predict, resolve_sources
+from rtseg.deploy.predictor import VIDEO_SUFFIXES, predict
 from rtseg.utils.deps import require, require_runtime
-from rtseg.utils.io import check_out_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
     require_runtime(args.backend, args.precision)  # before any model is built or exported
     if any(Path(s).suffix.lower() in VIDEO_SUFFIXES or s.isdigit() for s in map(str, args.sources)):
         require("av", "video", "video and camera input")
-    # never write over the sources (#14): refused before a model is built
-    check_out_dir([s.path for s in resolve_sources(args.sources) if s.kind != "camera"], args.out)
     kw = {"threads": args.threads or None, "graph_argmax": args.graph_argmax}
     if args.calib is not None:
         kw.update(calibration=args.calib, calibration_size=args.calib_count)
