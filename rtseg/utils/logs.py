@@ -21,6 +21,19 @@ NOISY_LOGGERS = ("nncf", "openvino", "onnxruntime", "onnxscript", "torch.onnx", 
 _VERBOSE = [False]  # set by the CLI's --verbose: library calls then leave the chatter on too
 
 
+class _KnownNoise(logging.Filter):
+    """Drops NNCF warnings that rtseg's own settings cause on purpose and that repeat on every calibration
+    pass: the histogram range estimator (docs/deploy.md) falls back to min/max at per-channel activation
+    points ("Rollback to RangeEstimatorParametersSet.MINMAX ... per-channel activations") -- expected, and
+    printed dozens of times by accuracy-controlled quantization."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not support per-channel activations" not in record.getMessage()
+
+
+_NOISE = _KnownNoise()
+
+
 def _rich_console():  # rich is an NNCF dependency; absent -> nothing to mute
     try:
         from rich import get_console
@@ -38,6 +51,10 @@ def quiet_third_party(verbose: bool = False) -> None:
         logger.setLevel(level)
         for h in logger.handlers:  # NNCF sets its handler's own level to INFO
             h.setLevel(level)
+            if verbose:
+                h.removeFilter(_NOISE)
+            else:
+                h.addFilter(_NOISE)
     console = _rich_console()
     if console is not None:
         console.quiet = not verbose
@@ -54,7 +71,7 @@ def third_party_quiet(verbose: bool | None = None) -> Iterator[None]:
     saved = {}
     for name in NOISY_LOGGERS:
         lg = logging.getLogger(name)
-        saved[name] = (lg.level, [(h, h.level) for h in lg.handlers])
+        saved[name] = (lg.level, [(h, h.level, _NOISE in h.filters) for h in lg.handlers])
     console = _rich_console()
     was_quiet = console.quiet if console is not None else None
     quiet_third_party(verbose)
@@ -63,8 +80,10 @@ def third_party_quiet(verbose: bool | None = None) -> Iterator[None]:
     finally:
         for name, (lvl, hs) in saved.items():
             logging.getLogger(name).setLevel(lvl)
-            for h, hl in hs:
+            for h, hl, had in hs:
                 h.setLevel(hl)
+                if not had:
+                    h.removeFilter(_NOISE)
         if console is not None:
             console.quiet = was_quiet
         _VERBOSE[0] = outer

@@ -90,3 +90,21 @@ def test_third_party_loggers_quiet_and_restored() -> None:
     assert lg.level == logging.INFO
     quiet_third_party()
     assert logging.getLogger("nncf").level == logging.WARNING
+
+
+def test_known_nncf_noise_dropped_other_warnings_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-pass 'Rollback to MINMAX ... per-channel activations' warning is dropped while quiet, others pass."""
+    lg = logging.getLogger("nncf")
+    handler = logging.StreamHandler()  # stands in for NNCF's own stdout handler
+    lg.addHandler(handler)
+    try:
+        with third_party_quiet(verbose=False):
+            lg.warning("Rollback to MINMAX for the target point: '4' as HistogramAggregator does not support "
+                       "per-channel activations.")
+            lg.warning("a real problem")
+        lg.warning("after the block: does not support per-channel activations")
+    finally:
+        lg.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "a real problem" in err and "after the block" in err
+    assert "Rollback to MINMAX" not in err
