@@ -42,6 +42,7 @@ def package_weights(
     train_time_s: float | None = None,
     wall_time_s: float | None = None,
     notes: str = "",
+    init: str = "",
     log: str | os.PathLike | None = None,
     weights_dir: Path | None = None,
     progress: bool = False,
@@ -54,7 +55,8 @@ def package_weights(
     :func:`rtseg.eval.loop` on ``split`` of the checkpoint's dataset at the labels' full resolution in
     fp32; params and MACs from :mod:`rtseg.eval.profiler` at ``macs_size`` (default: the first label's size).
     ``dataset_kw`` go to :func:`rtseg.data.build_dataset`. ``log`` is the committed folder (relative to the
-    repo) holding the run's ``config.yaml`` and ``metrics.jsonl``; ``rtseg report NAME`` draws its training
+    repo) holding the run's ``config.yaml`` and ``metrics.jsonl``; ``init`` says what training started from
+    (e.g. "scratch", "author's Cityscapes ESSNet-D", "author's ImageNet DG2 encoder"); ``rtseg report NAME`` draws its training
     curves from it (``run`` records where training wrote, usually an untracked ``runs/`` folder). Returns the
     record.
     """
@@ -96,6 +98,7 @@ def package_weights(
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "notes": notes,
+        "init": init or None,
         # the run folder (training log) when the checkpoint sits in one, as given (relative to the repo)
         "run": str(Path(checkpoint).parent) if (Path(checkpoint).parent / "metrics.jsonl").is_file() else None,
         "log": None if log is None else str(log),

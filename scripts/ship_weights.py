@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-time", type=float, default=None, help="seconds (default: sum of the log's time_s)")
     p.add_argument("--wall-time", type=float, default=None, help="measured wall-clock seconds, if known")
     p.add_argument("--notes", default="")
+    p.add_argument("--init", default="", help="what training started from: scratch, the author's Cityscapes "
+                                              "model, an ImageNet encoder, another shipped weight")
     p.add_argument("--log", type=Path, default=None,
                    help="committed folder (e.g. experiments/camvid/enet) to copy the run's config.yaml and "
                         "metrics.jsonl into; recorded so `rtseg report NAME` finds the curves on a fresh clone")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copyfile(run_dir / f, a.log / f)
         log_dir = os.path.relpath(a.log.resolve(), REPO)
     rec = package_weights(ckpt, a.name, a.command, a.root, train_time_s=train_time, wall_time_s=a.wall_time,
-                          notes=a.notes, log=log_dir, progress=True)
+                          notes=a.notes, init=a.init, log=log_dir, progress=True)
     print(f"{a.name}: {rec['model']} val mIoU {rec['val_miou'] * 100:.2f}  params {rec['params']:,}  "
           f"GMACs@{rec['macs_size'][0]}x{rec['macs_size'][1]} {rec['macs'] / 1e9:.2f}  sha256 {rec['sha256'][:12]}")
     subprocess.run([sys.executable, str(REPO / "scripts" / "update_readme.py")], check=True)

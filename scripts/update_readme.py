@@ -52,16 +52,16 @@ def weights_table(index: dict | None = None) -> str:
         return "No trained weights are shipped yet."
     backends = sorted({b for r in index.values() for b in (r.get("latency_ms") or {})})
     lines = [
-        "| weights | model | val mIoU | params | GMACs | "
+        "| weights | model | initialisation | val mIoU | params | GMACs | "
         + "".join(f"{b} ms | " for b in backends)
         + "best epoch | training time |",
-        "|---|---|---:|---:|---:|" + "---:|" * len(backends) + "---:|---:|",
+        "|---|---|---|---:|---:|---:|" + "---:|" * len(backends) + "---:|---:|",
     ]
     for name, r in sorted(index.items(), key=lambda kv: -kv[1]["val_miou"]):
         lat = r.get("latency_ms") or {}
         t = r.get("train_time_s")
         lines.append(
-            f"| `{name}` | `{r['model']}` | {r['val_miou'] * 100:.2f} | {r['params'] / 1e6:.3f} M | "
+            f"| `{name}` | `{r['model']}` | {r.get('init') or '-'} | {r['val_miou'] * 100:.2f} | {r['params'] / 1e6:.3f} M | "
             f"{r['macs'] / 1e9:.2f} | " + "".join(f"{lat[b]:.1f} | " if b in lat else "- | " for b in backends)
             + f"{r.get('epoch') or '-'} | {'-' if t is None else f'{t / 3600:.1f} h'} |"
         )
