@@ -24,7 +24,7 @@ def packaged(tmp_path: Path) -> tuple[Path, dict]:
     ckpt = rtseg.save_model(model, tmp_path / "best.pt", class_names=NAMES,
                             dataset="synthetic", epoch=3)
     wdir = tmp_path / "weights"
-    rec = package_weights(ckpt, "tiny_syn", "rtseg train ...", None, weights_dir=wdir, train_time_s=12.5, **SYN)
+    rec = package_weights(ckpt, "tiny_syn", "rtseg train ...", None, weights_dir=wdir, train_time_s=12.5, init="scratch", **SYN)
     return wdir, rec
 
 
@@ -33,7 +33,7 @@ def test_package_records_evaluation_size_and_hash(packaged) -> None:
     assert rec["model"] == "essnet_d" and rec["dataset"] == "synthetic" and rec["classes"] == NAMES
     assert 0.0 <= rec["val_miou"] <= 1.0 and list(rec["per_class_iou"]) == NAMES
     assert rec["macs_size"] == [48, 64] and rec["params"] > 0 and rec["macs"] > 0
-    assert rec["sha256"] == sha256(wdir / "tiny_syn.pt") and rec["train_time_s"] == 12.5
+    assert rec["sha256"] == sha256(wdir / "tiny_syn.pt") and rec["train_time_s"] == 12.5 and rec["init"] == "scratch"
     assert json.loads((wdir / "index.json").read_text())["tiny_syn"] == rec
     assert available_weights(wdir) == ["tiny_syn"] and weights_info("tiny_syn", wdir) == rec
     # the recorded mIoU is what evaluating the shipped file gives
