@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +36,27 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
     """Blend the colourised ``labels`` over the ``H x W x 3`` uint8 ``image`` (ignored pixels untouched)."""
     if image.shape[:2] != labels.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape[:2]} differ in size")
-    col = colorize(labels, palette, ignore_index).astype(np.float32)
-    out = image.astype(np.float32)
-    mask = (labels != ignore_index)[..., None]
-    out = np.where(mask, (1 - alpha) * out + alpha * col, out)
-    return out.round().clip(0, 255).astype(np.uint8)
+    col = colorize(labels, palette, ignore_index)
+    if image.dtype != np.uint8:
+        out = image.astype(np.float32)
+        mask = (labels != ignore_index)[..., None]
+        out = np.where(mask, (1 - alpha) * out + alpha * col.astype(np.float32), out)
+        return out.round().clip(0, 255).astype(np.uint8)
+    # uint8: one lookup in a 256 x 256 table of the same float32 blend (bit-identical to it, ~5x faster: a
+    # video overlay per frame is on the pipeline's critical path, docs/deploy.md)
+    out = _blend_table(float(alpha)).take((image.astype(np.uint16) << 8) | col)
+    ignored = np.asarray(labels) == ignore_index
+    if ignored.any():
+        out[ignored] = image[ignored]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _blend_table(alpha: float) -> np.ndarray:
+    """``table[x << 8 | c]`` = ``round((1 - alpha) * x + alpha * c)`` in float32, for uint8 ``x`` and ``c``."""
+    x = np.arange(256, dtype=np.float32)
+    t = (1 - alpha) * x[:, None] + alpha * x[None, :]
+    return t.round().clip(0, 255).astype(np.uint8).ravel()
 
 
 def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None, pad: int = 4) -> np.ndarray:
