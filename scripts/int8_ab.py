@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--no-float-too", action="store_true", help="also time int8 with no float modules")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     import numpy as np
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         q = Segmenter(model, "openvino", "int8", size=size, threads=a.threads, graph_argmax=True,
                       calibration=imgs, calibration_size=a.calib_count)
         runners["rtseg-int8"] = q.runtime.run
+        if a.no_float_too:  # the cost of the default rule's float modules, in the same A/B
+            runners["rtseg-int8-no-float"] = Segmenter(model, "openvino", "int8", size=size, threads=a.threads,
+                                                       graph_argmax=True, calibration=imgs,
+                                                       calibration_size=a.calib_count, int8_keep_float=[]).runtime.run
         x = np.divide(bench_image(size).transpose(2, 0, 1)[None], np.float32(255), dtype=np.float32)
         for r in runners.values():  # warm-up
             for _ in range(3):
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| path | ms (median of round medians) | vs naive fp32 | vs naive nncf |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['path']} | {r['ms']:.1f} | {r['vs_naive_fp32']:.2f}x | {r['vs_naive_nncf']:.2f}x |")
-    print(f"int8 float modules: {q.int8_keep_float} (rule {q.int8_rule})")
+    print(f"int8 float modules: {q.int8_keep_float} (rule {q.int8_rule}; they run at "
+          f"{q.runtime.inference_precision('int8')})")
     if a.json:
         from rtseg.deploy.bench import machine_info
 

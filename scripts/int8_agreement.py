@@ -4,7 +4,9 @@ The shipped CamVid weights are loaded from their file, so without their recorded
 checkpoint rtseg has never seen gets). OpenVINO int8 vs OpenVINO fp32, both with the in-graph argmax, at
 360x480; calibration: 32 CamVid train frames. One JSON line per model.
 
-Usage: python scripts/int8_agreement.py RULE [weights ...]   (RULE: high-res = the default rule, none)
+Usage: python scripts/int8_agreement.py RULE [weights ...]
+RULE: high-res (the type and high-resolution rules), none (type rules only), fp32-control (high-res, then
+NNCF accuracy control against the fp32 graph's own labels on the calibration images, ``int8_control="fp32"``).
 Env RTSEG_CAMVID: the CamVid root (default ../shared/data/camvid).
 """
 import json
@@ -31,9 +33,10 @@ for name in names:
     size = tuple(val[0][1].shape[-2:])
     t0 = time.time()
     ref = Segmenter(model, "openvino", "fp32", size=size, graph_argmax=True)
-    keep = None if rule == "high-res" else []
+    keep = [] if rule == "none" else None
+    control = "fp32" if rule == "fp32-control" else None
     q = Segmenter(model, "openvino", "int8", size=size, graph_argmax=True, calibration=train, calibration_size=32,
-                  int8_keep_float=keep)
+                  int8_keep_float=keep, int8_control=control)
     build = time.time() - t0
     m0, m1, agree = SegMetrics(model.num_classes), SegMetrics(model.num_classes), []
     for i in range(len(val)):
@@ -45,5 +48,6 @@ for name in names:
         m1.update(torch.from_numpy(b), lab)
     r0, r1 = m0.compute()["miou"], m1.compute()["miou"]
     row = {"model": name, "rule": rule, "agreement": float(np.mean(agree)), "miou_fp32": r0 * 100,
-           "miou_int8": r1 * 100, "delta": (r1 - r0) * 100, "keep_float": q.int8_keep_float, "build_s": build}
+           "miou_int8": r1 * 100, "delta": (r1 - r0) * 100, "keep_float": q.int8_keep_float, "build_s": build,
+           "int8_float_precision": q.runtime.inference_precision("int8")}
     print(json.dumps(row), flush=True)

@@ -36,9 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="int8: module path left in float (repeatable; default: for shipped weights, the list "
                         "recorded with them; 'none': no module)")
-    p.add_argument("--graph-argmax", action="store_true",
-                   help="argmax inside the runtime graph (uint8 labels out: less memory traffic; labels of "
-                        "resized frames are resized back nearest-neighbour)")
+    p.add_argument("--graph-argmax", action=argparse.BooleanOptionalAction, default=True,
+                   help="argmax inside the runtime graph (default: on; uint8 labels out: no logits copy and no "
+                        "argmax per frame in the front; with --size the labels of resized frames are resized "
+                        "back nearest-neighbour, --no-graph-argmax resizes the logits bilinearly instead)")
     p.add_argument("--overlay", action="store_true", help="also write colour overlays")
     p.add_argument("--side-by-side", action="store_true", help="also write image | overlay (PNG, or mp4 for video)")
     p.add_argument("--save-frames", action="store_true", help="videos: also write every frame's label PNG")

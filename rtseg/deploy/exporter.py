@@ -64,12 +64,17 @@ class ExportError(RuntimeError):
     """The model cannot be exported (declared by its registry entry, or the exporter failed)."""
 
 
-#: how the in-graph argmax is written: ``argmax`` (one ONNX ``ArgMax``) or ``max_equal`` (``ReduceMax``, ``Equal``,
-#: ``Where``, ``ReduceMin``). Same labels, ties included (the first maximal class). OpenVINO's CPU plugin runs
-#: ``ArgMax`` as a ``TopK`` that took 35 % of ``essnet_dg2s``'s int8 time at 512x1024; in an interleaved A/B
-#: (512x1024, p50) OpenVINO int8 66.2 -> 48.3 ms and fp32 129.4 -> 106.5 ms with ``max_equal``, while ONNX
-#: Runtime is faster with ``ArgMax`` (108.9 vs 138.5 ms): each runtime gets its own form (docs/deploy.md).
-ARGMAX_FORMS = ("argmax", "max_equal")
+#: how the in-graph argmax is written: ``argmax`` (one ONNX ``ArgMax``), ``max_equal`` (``ReduceMax``, ``Equal``,
+#: ``Where``, ``ReduceMin``) or ``running_max`` (a running maximum over the classes: per class one ``Greater``,
+#: ``Max`` and ``Where`` on H x W planes). Same labels, ties included (the first maximal class). OpenVINO's CPU
+#: plugin runs ``ArgMax`` as a ``TopK`` that took 35 % of ``essnet_dg2s``'s int8 time at 512x1024; in an
+#: interleaved A/B (512x1024, p50) OpenVINO int8 66.2 -> 48.3 ms and fp32 129.4 -> 106.5 ms with ``max_equal``,
+#: while ONNX Runtime is faster with ``ArgMax`` (108.9 vs 138.5 ms). ``max_equal``'s two reductions over the
+#: blocked channel layout still cost ~13 % of the int8 graph; ``running_max`` reads each class plane once
+#: (OpenVINO fuses the element-wise chain), see :data:`OPENVINO_ARGMAX_FORM` and docs/deploy.md.
+ARGMAX_FORMS = ("argmax", "max_equal", "running_max")
+#: the form OpenVINO graphs get (ONNX Runtime graphs: ``argmax``)
+OPENVINO_ARGMAX_FORM = "running_max"
 
 
 class ArgmaxHead(nn.Module):
@@ -86,6 +91,14 @@ class ArgmaxHead(nn.Module):
         if self.form == "argmax":
             return y.argmax(1).to(torch.uint8)
         c = y.shape[1]
+        if self.form == "running_max":
+            best = y[:, 0]
+            label = torch.zeros(best.shape, dtype=torch.uint8, device=y.device)
+            for k in range(1, c):  # strictly greater: a tie keeps the earlier class, as argmax does
+                v = y[:, k]
+                label = torch.where(v > best, torch.tensor(k, dtype=torch.uint8, device=y.device), label)
+                best = torch.maximum(best, v)
+            return label
         index = torch.arange(c, dtype=y.dtype, device=y.device).view(1, c, 1, 1)
         first = torch.where(y == y.amax(1, keepdim=True), index, torch.full_like(index, c))
         return first.amin(1).to(torch.uint8)  # the smallest maximal class, as argmax returns
@@ -248,7 +261,7 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, size: tuple[int, 
         raise ExportError(f"{path}: an OpenVINO IR path must end in .xml (the weights go to a .bin beside it)")
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "m.onnx", size=size, dynamic=dynamic, argmax=argmax, fold=fold,
-                                argmax_form="max_equal")  # OpenVINO runs ArgMax (TopK) slowly, see ARGMAX_FORMS
+                                argmax_form=OPENVINO_ARGMAX_FORM)  # OpenVINO runs ArgMax (TopK) slowly
         ir = ov.convert_model(str(onnx_path))
         from rtseg.deploy.backends import OpenVINOBackend
 

@@ -450,6 +450,7 @@ def predict(
     alpha: float = 0.5,
     progress: bool = True,
     queue_depth: int = 4,
+    graph_argmax: bool = True,
     **segmenter_kw: Any,
 ) -> PredictSummary:
     """Segment ``sources`` and write label PNGs / overlays / videos into ``out_dir``.
@@ -458,6 +459,10 @@ def predict(
     or a ready :class:`Segmenter` (then ``backend``/``precision``/``size`` are ignored). ``backend="auto"``:
     the fastest installed runtime (:class:`Segmenter`). Images are ``H x W x 3`` RGB at any resolution;
     outputs are at the source resolution. Videos run pipelined with queues of ``queue_depth`` frames.
+    ``graph_argmax`` (default on; predict writes labels, never scores): a checkpoint's graph returns uint8
+    labels, which skips the logits' copy and the front's argmax per frame (the same labels at the model's own
+    size; with ``size`` the labels of a resized image are resized back nearest-neighbour); an exported
+    artifact keeps the output it was written with.
     Returns a :class:`PredictSummary` (``backend``/``precision`` say what ran; ``graph_fps``: the graph
     alone, measured after the last video).
     """
@@ -465,7 +470,7 @@ def predict(
     # never write over the sources (#14: a predict into its own input folder replaced its PNGs)
     check_out_dir([s.path for s in items if s.kind != "camera"], out_dir, what="out_dir")
     seg = weights if isinstance(weights, Segmenter) else Segmenter(
-        weights, backend=backend, precision=precision, size=size, **segmenter_kw)
+        weights, backend=backend, precision=precision, size=size, graph_argmax=graph_argmax, **segmenter_kw)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # what a killed predict left (its outputs are written under temp names)

@@ -25,7 +25,8 @@ __all__ = ["INT8_KEEP_FLOAT", "FloatScopes", "high_resolution_convs", "quantize_
 #: (docs/deploy.md). ESSNet's decoder feeds the encoder output, whose channels span very different ranges,
 #: into a 1x1 transposed conv; one per-tensor int8 scale for that tensor erases the small-range channels.
 #: The in-graph argmax (ReduceMax/Equal, ArgMax): quantizing the logits it reads creates ties between classes.
-INT8_KEEP_FLOAT = {"openvino": ("ConvolutionBackpropData", "ReduceMax", "Equal"), "onnx": ("ConvTranspose", "ArgMax")}
+INT8_KEEP_FLOAT = {"openvino": ("ConvolutionBackpropData", "ReduceMax", "Equal", "Greater", "Maximum", "Select"),
+                   "onnx": ("ConvTranspose", "ArgMax")}
 
 
 class FloatScopes:

@@ -41,12 +41,12 @@ from rtseg.deploy.backends import (
     OnnxRuntimeBackend,
     OpenVINOBackend,
     TorchBackend,
+    cpu_supports_bf16,
     open_artifact,
     resolve_backend,
 )
 from rtseg.deploy.images import labelled_pairs, load_images
 from rtseg.eval.result import SegResult
-from rtseg.utils.machine import cpu_flags
 
 __all__ = ["BACKENDS", "PRECISIONS", "Segmenter", "cpu_supports_bf16", "palette_for"]
 
@@ -55,16 +55,6 @@ PRECISIONS = ("fp32", "bf16", "int8")
 #: keeps the convs that read at least half the input resolution in float
 #: (:func:`rtseg.deploy.quantize.high_resolution_convs`; measured in docs/deploy.md), "none" keeps none
 INT8_DEFAULT_RULE = "high-res"
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), which bf16 inference needs."""
-    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _dataset_palette(meta: dict[str, Any]) -> Any:
@@ -126,6 +116,8 @@ def _check_args(backend: str, precision: str, calibration: Any, int8_control: An
     if precision == "int8" and calibration is None:
         raise ValueError("precision='int8' needs calibration images (calibration=folder, glob, list or dataset), "
                          "or an int8 file written by `rtseg export --precision int8`")
+    if isinstance(int8_control, str) and int8_control != "fp32":
+        raise ValueError(f"int8_control: labelled images or 'fp32' (labels from the fp32 graph), got {int8_control!r}")
     if int8_control is not None and (precision != "int8" or backend != "openvino"):
         raise ValueError("int8_control (accuracy-controlled quantization) needs backend='openvino', precision='int8'")
     if not 0 <= int8_max_drop < 1:
@@ -161,7 +153,8 @@ class Segmenter:
         int8_control: labelled images (a ``SegDataset`` or ``(image, label)`` pairs) for OpenVINO's
             accuracy-controlled quantization: NNCF returns the layers whose quantization costs most mIoU on
             them to float until the drop is at most ``int8_max_drop``; the chosen modules are appended to
-            :attr:`int8_keep_float`.
+            :attr:`int8_keep_float`. ``"fp32"``: no labels needed -- the calibration images, labelled by the
+            fp32 graph itself, and the mIoU of int8 against those labels (int8's job is to reproduce fp32).
         int8_max_drop: the allowed mIoU drop on ``int8_control`` as a fraction (0.01 = 1 point).
 
     ``predict(image)`` maps an ``H x W x 3`` uint8 RGB image (or a path) to ``H x W`` uint8 labels;
@@ -295,11 +288,11 @@ class Segmenter:
         return TorchBackend(deploy_model(self.model), self.precision, self.threads, self.graph_argmax)
 
     def _onnx(self) -> Path:
-        from rtseg.deploy.exporter import export_onnx
+        from rtseg.deploy.exporter import OPENVINO_ARGMAX_FORM, export_onnx
 
         return export_onnx(self.model, Path(self._tmp) / "model.onnx", size=self.export_size(),
                            dynamic=self.size is None, dynamic_batch=True, fold=True, argmax=self.graph_argmax,
-                           argmax_form="max_equal" if self.backend == "openvino" else "argmax")
+                           argmax_form=OPENVINO_ARGMAX_FORM if self.backend == "openvino" else "argmax")
 
     def _build_onnxruntime(self, calib: list[np.ndarray] | None) -> Backend:
         from rtseg.deploy.backends import _ort
@@ -321,11 +314,25 @@ class Segmenter:
         if calib is not None:
             from rtseg.deploy.quantize import quantize_openvino
 
-            control = None if self.int8_control is None else self._control_items()
+            control = (None if self.int8_control is None else self._fp32_control(ir, calib)
+                       if isinstance(self.int8_control, str) else self._control_items())
             ir, self.int8_keep_float = quantize_openvino(
                 ir, calib, self.float_scopes(), self.int8_keep_float, control=control,
                 metric=self._control_miou, max_drop=self.int8_max_drop)
         return OpenVINOBackend(ir, self.precision, self.threads, self.graph_argmax)
+
+    def _fp32_control(self, ir: Any, calib: list[np.ndarray]) -> list[tuple]:
+        """Control items from the calibration inputs labelled by the fp32 graph ``ir`` (``int8_control="fp32"``)."""
+        from rtseg.deploy.backends import _ov
+
+        compiled = _ov().Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                          "INFERENCE_NUM_THREADS": self.threads})
+        items = []
+        for xin in calib:
+            out = np.asarray(compiled(xin)[0])[0]
+            lab = torch.from_numpy(np.ascontiguousarray(out if self.graph_argmax else out.argmax(0)).astype(np.int64))
+            items.append((xin, lab, tuple(xin.shape[-2:]), False))
+        return items
 
     def _control_items(self) -> list[tuple]:
         """(model input, label tensor at the source resolution, source size, resized?) per labelled image."""

@@ -149,7 +149,7 @@ def test_int8_keeps_transposed_convs_and_argmax_in_float(model, images):
         fed_by.setdefault(op.get_type_name(), []).append(
             [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())])
     assert "FakeQuantize" in [t for ins in fed_by["GroupConvolution"] for t in ins]  # the rest is int8
-    for kind in ("ConvolutionBackpropData", "ReduceMax", "Equal"):
+    for kind in ("ConvolutionBackpropData", "Maximum", "Greater", "Select"):  # the running-max argmax
         assert kind in fed_by and all("FakeQuantize" not in ins for ins in fed_by[kind]), kind
 
 
@@ -259,3 +259,23 @@ def test_int8_accuracy_control_openvino(model):
     known = {n for n, _ in ac.model.named_modules()}
     assert ac.int8_keep_float and all(m in known or m in ac.float_scopes().modules for m in ac.int8_keep_float)
     assert miou(ac) >= miou(plain)
+    # int8_control="fp32" labels the calibration images with the fp32 graph itself: the same search
+    self_ac = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=imgs, int8_control="fp32",
+                        int8_max_drop=0.0)
+    assert self_ac.int8_keep_float == ac.int8_keep_float
+
+
+def test_int8_control_fp32_labels_are_the_fp32_graphs(model):
+    """``int8_control="fp32"``: control items are the calibration inputs with the fp32 graph's labels."""
+    pytest.importorskip("openvino")
+    imgs = [bench_image((64, 96), seed=s) for s in range(3, 6)]
+    for argmax in (False, True):
+        ref = Segmenter(model, "openvino", "fp32", size=(64, 96), graph_argmax=argmax)
+        inputs = ref._model_inputs(imgs)
+        items = ref._fp32_control(ref.runtime.ir, inputs)
+        assert len(items) == 3
+        for (xin, lab, hw, resized), im in zip(items, imgs):
+            assert hw == (64, 96) and not resized and lab.dtype == torch.int64
+            assert np.array_equal(lab.numpy(), ref.predict(im))
+    with pytest.raises(ValueError, match="int8_control"):
+        Segmenter(model, "openvino", "int8", size=(64, 96), calibration=imgs, int8_control="labels")
