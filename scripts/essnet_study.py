@@ -56,6 +56,52 @@ def _init(arm: str, runs: Path, weights: Path) -> str | None:
     return str(out)
 
 
+#: what each arm starts from (the README's "initialisation" column says the same)
+INIT_LABEL = {
+    "essnet_d_cs_camvid": "author's Cityscapes ESSNet-D", "essnet_dg4s_cs_camvid": "author's Cityscapes ESSNet-DG4",
+    "essnet_dg2s_in_camvid": "author's ImageNet DG2 encoder", "essnet_dg4s_in_camvid": "author's ImageNet DG4 encoder",
+    "essnet_d_camvid": "scratch", "essnet_dg2s_camvid": "scratch, gradual grouping from ESSNet-D",
+    "essnet_dg2s_scratch_camvid": "scratch, grouped from the start",
+}
+#: issue #18's val mIoU targets (%)
+TARGET = {"essnet_d_cs_camvid": 66.0, "essnet_dg2s_in_camvid": 62.0, "essnet_d_camvid": 58.0}
+BEGIN, END = "<!-- essnet-study:begin -->", "<!-- essnet-study:end -->"
+
+
+def status_table(logs: Path) -> str:
+    """Markdown: one row per arm from its ``metrics.jsonl`` under ``logs`` (committed run states)."""
+    import json
+
+    rows = ["| arm | initialisation | epochs (full stage) | best val mIoU (epoch) | last val mIoU | gain over last 20 | "
+            "target | state |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for arm in ARMS:
+        log = logs / arm / "metrics.jsonl"
+        recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+        full = [r for r in recs if r.get("stage") == "full" and r.get("val_miou") is not None]
+        tgt = f"{TARGET[arm]:.0f}" if arm in TARGET else "-"
+        if not full:
+            rows.append(f"| `{arm}` | {INIT_LABEL[arm]} | 0 | - | - | - | {tgt} | not started |")
+            continue
+        best = max(full, key=lambda r: r["val_miou"])
+        curve = [r["val_miou"] for r in full]
+        gain = (max(curve) - max(curve[:-20])) * 100 if len(curve) > 20 else None
+        stopped = any(r.get("stopped") for r in recs)
+        state = "plateau (stopped)" if stopped else "training (resumable)"
+        rows.append(f"| `{arm}` | {INIT_LABEL[arm]} | {len(full)} | {best['val_miou'] * 100:.2f} ({best['epoch']}) | "
+                    f"{curve[-1] * 100:.2f} | {'-' if gain is None else f'{gain:+.2f}'} | {tgt} | {state} |")
+    return "\n".join(rows)
+
+
+def write_status(md: Path, logs: Path) -> None:
+    text = md.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{md}: markers {BEGIN} / {END} not found")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    md.write_text(f"{head}{BEGIN}\n{status_table(logs)}\n{END}{tail}")
+    print(f"{md}: study table updated from {logs}")
+
+
 def run_arm(arm: str, root: str, runs: Path, weights: Path, workers: int) -> dict:
     run_dir = runs / arm
     mutable = {"workers": workers, "progress": False}
@@ -72,7 +118,7 @@ def run_arm(arm: str, root: str, runs: Path, weights: Path, workers: int) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", required=True, help="CamVid folder (e.g. ../shared/data/camvid)")
+    ap.add_argument("--root", help="CamVid folder (e.g. ../shared/data/camvid); needed to train")
     ap.add_argument("--runs", type=Path, default=Path("runs/study"), help="where the run folders go")
     ap.add_argument("--weights", type=Path, default=Path("../shared/weights/essnet-official"),
                     help="the author's released files")
@@ -80,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="every arm, in the table's order")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--status", type=Path, default=None, metavar="MD",
+                    help="only rewrite the study table in MD (e.g. docs/results.md) from the logs under --runs")
     args = ap.parse_args(argv)
+    if args.status is not None:
+        write_status(args.status, args.runs)
+        return 0
+    if args.root is None:
+        ap.error("--root is needed to train (only --status works without it)")
     arms = list(ARMS) if args.all else (args.arm or [])
     if not arms:
         ap.error("give --arm NAME (repeatable) or --all")
