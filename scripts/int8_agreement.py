@@ -6,7 +6,8 @@ checkpoint rtseg has never seen gets). OpenVINO int8 vs OpenVINO fp32, both with
 
 Usage: python scripts/int8_agreement.py RULE [weights ...]
 RULE: high-res (the type and high-resolution rules), none (type rules only), fp32-control (high-res, then
-NNCF accuracy control against the fp32 graph's own labels on the calibration images, ``int8_control="fp32"``).
+NNCF accuracy control against the fp32 graph's own labels on the calibration images, ``int8_control="fp32"``),
+keep:MOD1,MOD2,... (exactly these modules in float).
 Env RTSEG_CAMVID: the CamVid root (default ../shared/data/camvid).
 """
 import json
@@ -33,7 +34,7 @@ for name in names:
     size = tuple(val[0][1].shape[-2:])
     t0 = time.time()
     ref = Segmenter(model, "openvino", "fp32", size=size, graph_argmax=True)
-    keep = [] if rule == "none" else None
+    keep = [] if rule == "none" else rule[5:].split(",") if rule.startswith("keep:") else None
     control = "fp32" if rule == "fp32-control" else None
     q = Segmenter(model, "openvino", "int8", size=size, graph_argmax=True, calibration=train, calibration_size=32,
                   int8_keep_float=keep, int8_control=control)

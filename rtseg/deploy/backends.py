@@ -242,8 +242,9 @@ INT8_FLOAT_BF16 = True
 class OpenVINOBackend(Backend):
     """An OpenVINO model (``ov.Model``, or a path to an ``.xml`` IR / ``.onnx`` file) on the CPU plugin.
 
-    ``precision``: ``fp32`` / ``int8`` (the graph's own FakeQuantize ops) run with f32 inference precision,
-    ``bf16`` with the plugin's bf16 inference precision (AVX512-BF16/AMX CPUs). ``static``: a fixed input size
+    ``precision``: ``fp32`` runs with f32 inference precision, ``bf16`` with the plugin's bf16 inference
+    precision (AVX512-BF16/AMX CPUs), ``int8`` (the graph's own FakeQuantize ops) with its float layers at
+    bf16 on such CPUs and f32 elsewhere (:data:`INT8_FLOAT_BF16`). ``static``: a fixed input size
     ``(H, W)`` -- the graph is reshaped to batch 1 at that size (the fastest form for the CPU plugin)."""
 
     name = "openvino"
