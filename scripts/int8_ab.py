@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['path']} | {r['ms']:.1f} | {r['vs_naive_fp32']:.2f}x | {r['vs_naive_nncf']:.2f}x |")
     print(f"int8 float modules: {q.int8_keep_float} (rule {q.int8_rule}; they run at "
-          f"{q.runtime.inference_precision('int8')})")
+          f"{q.runtime.float_precision})")
     if a.json:
         from rtseg.deploy.bench import machine_info
 

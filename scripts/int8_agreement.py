@@ -50,5 +50,5 @@ for name in names:
     r0, r1 = m0.compute()["miou"], m1.compute()["miou"]
     row = {"model": name, "rule": rule, "agreement": float(np.mean(agree)), "miou_fp32": r0 * 100,
            "miou_int8": r1 * 100, "delta": (r1 - r0) * 100, "keep_float": q.int8_keep_float, "build_s": build,
-           "int8_float_precision": q.runtime.inference_precision("int8")}
+           "int8_float_precision": q.runtime.float_precision}
     print(json.dumps(row), flush=True)

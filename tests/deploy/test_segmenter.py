@@ -279,3 +279,32 @@ def test_int8_control_fp32_labels_are_the_fp32_graphs(model):
             assert np.array_equal(lab.numpy(), ref.predict(im))
     with pytest.raises(ValueError, match="int8_control"):
         Segmenter(model, "openvino", "int8", size=(64, 96), calibration=imgs, int8_control="labels")
+
+
+def test_int8_float_layers_fall_back_to_f32_when_bf16_fails(model, monkeypatch):
+    """An int8 graph the CPU plugin cannot compile at bf16 is compiled at f32 instead, never refused."""
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from rtseg.deploy import backends
+
+    monkeypatch.setattr(backends, "cpu_supports_bf16", lambda: True)
+    real = ov.Core.compile_model
+    tried = []
+
+    def compile_model(self, model, device_name=None, config=None):
+        hint = (config or {}).get("INFERENCE_PRECISION_HINT")
+        tried.append(hint)
+        if hint == "bf16":
+            raise RuntimeError("object is not initialized")  # what OpenVINO 2026.4 raised for such graphs
+        return real(self, model, device_name, config)
+
+    monkeypatch.setattr(ov.Core, "compile_model", compile_model)
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 5)]
+    seg = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib)
+    assert tried[-2:] == ["bf16", "f32"] and seg.runtime.float_precision == "f32"
+    assert seg.runtime.describe()["inference_precision"] == "f32"
+    assert seg.predict(calib[0]).shape == (64, 96)
+    if cpu_supports_bf16():  # a bf16 request is not silently changed (elsewhere bf16 is refused earlier)
+        with pytest.raises(RuntimeError, match="not initialized"):
+            Segmenter(model, "openvino", "bf16", size=(64, 96))
