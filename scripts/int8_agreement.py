@@ -30,7 +30,8 @@ root = os.environ.get("RTSEG_CAMVID", "../shared/data/camvid")
 val = build_dataset("camvid", root, split="val")
 train = build_dataset("camvid", root, split="train")
 for name in names:
-    model = rtseg.load_model(resolve_weights(name))  # by file: no recorded int8 float modules
+    path = name if os.path.isfile(name) else resolve_weights(name)
+    model = rtseg.load_model(path)  # by file: no recorded int8 float modules
     size = tuple(val[0][1].shape[-2:])
     t0 = time.time()
     ref = Segmenter(model, "openvino", "fp32", size=size, graph_argmax=True)
