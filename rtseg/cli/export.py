@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rtseg.checkpoint import load_model
 from rtseg.cli._common import UsageError, parse_size
@@ -33,6 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
                    help="int8: module path left in float (repeatable; default: for shipped weights, the list "
                         "recorded with them; 'none': no module)")
+    p.add_argument("--int8-control", default=None, metavar="DATASET:ROOT[:SPLIT]",
+                   help="int8 (openvino): labelled images for NNCF's accuracy-controlled quantization, e.g. "
+                        "camvid:data/camvid (train split); the layers costing most mIoU on them return to float "
+                        "until the drop is at most --int8-max-drop. 'fp32': the calibration images labelled by "
+                        "the fp32 graph itself (no labels needed; slow)")
+    p.add_argument("--int8-control-count", type=int, default=32, help="int8: labelled control images (default 32)")
+    p.add_argument("--int8-max-drop", type=float, default=1.0,
+                   help="int8 with --int8-control: allowed mIoU drop on the control images, points (default 1.0)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for calibration and checks")
     p.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the model's default size)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch/height/width (sides multiple of 8)")
@@ -53,6 +62,25 @@ def load_weights_or_model(spec: str, num_classes: int = 19):
     return load_model(spec)
 
 
+def control_images(spec: str | None, count: int) -> Any:
+    """``--int8-control``: None, ``"fp32"``, or the first ``count`` (image, label) pairs of ``DATASET:ROOT[:SPLIT]``."""
+    if spec is None or spec == "fp32":
+        return spec
+    name, _, rest = spec.partition(":")
+    root, _, split = rest.partition(":")
+    if not name or not root:
+        raise UsageError(f"--int8-control {spec!r}: give DATASET:ROOT[:SPLIT] (e.g. camvid:data/camvid) or fp32")
+    if count < 1:
+        raise UsageError(f"--int8-control-count must be >= 1, got {count}")
+    from rtseg.data import build_dataset
+
+    try:
+        ds = build_dataset(name, root, split=split or "train")
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise UsageError(f"--int8-control {spec!r}: {e}") from None
+    return [ds[i][:2] for i in range(min(count, len(ds)))]
+
+
 def _format(args: argparse.Namespace) -> str:
 
 
@@ -66,13 +94,20 @@ def run(args: argparse.Namespace) -> int:
     require_export(fmt)  # before the model is loaded
     if Path(args.weights).exists() and Path(args.out).resolve() == Path(args.weights).resolve():
         raise UsageError(f"{args.out}: the output would overwrite the input checkpoint")
+    if args.int8_control is not None and (args.precision != "int8" or fmt != "openvino"):
+        raise UsageError("--int8-control needs --precision int8 and --format openvino (NNCF's accuracy control)")
+    if not 0 <= args.int8_max_drop < 100:
+        raise UsageError(f"--int8-max-drop is in mIoU points (1.0 = 1 point), got {args.int8_max_drop}")
+    control = control_images(args.int8_control, args.int8_control_count)  # bad data fails before the model loads
     model = load_weights_or_model(args.weights, args.num_classes)
     size = args.size or tuple(model_info(model.rtseg_name).default_size)
     try:
         res = export(model, args.out, format=fmt, size=size, dynamic=args.dynamic, argmax=args.argmax,
                      opset=args.opset, verify=not args.no_verify, precision=args.precision,
                      calibration=args.calib, calibration_size=args.calib_count,
-                     int8_keep_float=[] if args.int8_keep_float == ["none"] else args.int8_keep_float, source=args.weights, threads=args.threads)
+                     int8_keep_float=[] if args.int8_keep_float == ["none"] else args.int8_keep_float,
+                     source=args.weights, threads=args.threads, int8_control=control,
+                     int8_max_drop=args.int8_max_drop / 100)
     except (ExportError, ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
     if args.json_out:

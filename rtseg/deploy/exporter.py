@@ -441,7 +441,7 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", size
            dynamic: bool = False, argmax: bool = False, opset: int = DEFAULT_OPSET, verify: bool = True,
            min_agreement: float = 0.999, precision: str = "fp32", calibration: Any = None,
            calibration_size: int = 32, int8_keep_float: Any = None, source: Any = None,
-           threads: int | None = None) -> ExportResult:
+           threads: int | None = None, int8_control: Any = None, int8_max_drop: float = 0.01) -> ExportResult:
     """Export the deploy form of ``model`` to ``format`` (``onnx``/``openvino``/``torchscript``) at
     ``precision`` and verify it.
 
@@ -450,7 +450,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", size
     fp32 raises :class:`ExportError` when the exported graph disagrees with PyTorch on more than
     ``1 - min_agreement`` of the pixels. ``precision="int8"`` (onnx, openvino) calibrates once on
     ``calibration`` images (``calibration_size`` of them; ``int8_keep_float``: module paths left in float,
-    default as :class:`rtseg.Segmenter`) and records the agreement of its labels with fp32 on up to 8 of
+    default as :class:`rtseg.Segmenter`; ``int8_control`` / ``int8_max_drop``: labelled images for OpenVINO's
+    accuracy-controlled search, as there) and records the agreement of its labels with fp32 on up to 8 of
     them; ``"bf16"`` (openvino) the same on them or synthetic images. ``source``: the checkpoint path or
     name the model came from (its SHA-256 goes into the metadata).
     """
@@ -461,7 +462,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", size
     meta = {"source_sha256": source_sha256(source) if source is not None else None}
     if precision != "fp32":
         seg_kw = {"calibration": calibration, "calibration_size": calibration_size, "threads": threads,
-                  "int8_keep_float": int8_keep_float} if precision == "int8" else {"threads": threads}
+                  "int8_keep_float": int8_keep_float, "int8_control": int8_control,
+                  "int8_max_drop": int8_max_drop} if precision == "int8" else {"threads": threads}
         return _export_built(model, path, format, size, dynamic, argmax, precision, seg_kw, meta, min_agreement)
     if format == "onnx":
         p = export_onnx(model, path, size=size, opset=opset, dynamic=dynamic, argmax=argmax, fold=True, meta=meta)

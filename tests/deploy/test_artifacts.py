@@ -234,3 +234,45 @@ def test_default_int8_rule_on_trained_weights(shared_dir):
     assert q.int8_rule == "high-res" and "encoder.initial" in q.int8_keep_float
     agree = np.mean([(q.predict(f) == ref.predict(f)).mean() for f in frames])
     assert agree >= 0.96, agree
+
+
+def _labelled_folder(root, n=4):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("a\nb\nc\nd\n")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(bench_image(SIZE, seed=30 + i)).save(root / "images" / f"f{i}.png")
+        Image.fromarray(rng.integers(0, 4, SIZE, dtype=np.uint8)).save(root / "masks" / f"f{i}.png")
+    return root
+
+
+def test_export_int8_control_refusals(ckpt, calib, tmp_path, capsys):
+    """--int8-control: one-line errors naming the argument, before any model is built."""
+    base = ["export", str(tmp_path / "q.xml"), "--weights", str(ckpt), "--size", "64x96", "--precision", "int8",
+            "--calib", str(calib)]
+    for extra, want in [(["--int8-control", "camvid"], "DATASET:ROOT"),
+                        (["--int8-control", f"folder:{tmp_path / 'nope'}:all"], "nope"),
+                        (["--int8-control", "fp32", "--int8-max-drop", "-1"], "--int8-max-drop")]:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert want in err and len(err.splitlines()) == 1, err
+    onnx_out = ["export", str(tmp_path / "q.onnx"), "--weights", str(ckpt), "--size", "64x96", "--precision",
+                "int8", "--calib", str(calib), "--int8-control", "fp32"]
+    assert main(onnx_out) == 2 and "--format openvino" in capsys.readouterr().err
+    assert not (tmp_path / "q.xml").exists() and not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.slow
+def test_export_int8_control_with_labelled_folder(ckpt, calib, tmp_path, capsys):
+    """--int8-control folder:ROOT:all runs NNCF's accuracy control at export; the written IR records the
+    modules it returned to float and runs as written."""
+    pytest.importorskip("nncf")
+    root = _labelled_folder(tmp_path / "lab")
+    out = tmp_path / "ac.xml"
+    rc = main(["export", str(out), "--weights", str(ckpt), "--size", "64x96", "--precision", "int8", "--calib",
+               str(calib), "--int8-control", f"folder:{root}:all", "--int8-max-drop", "0"])
+    assert rc == 0 and out.is_file() and "float modules kept" in capsys.readouterr().out
+    seg = Segmenter(out)
+    assert seg.precision == "int8" and seg.int8_keep_float == list(seg.artifact.get("int8_keep_float") or [])
+    assert seg.predict(bench_image(SIZE, seed=40)).shape == SIZE
