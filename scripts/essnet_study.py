@@ -72,8 +72,9 @@ def status_table(logs: Path) -> str:
     """Markdown: one row per arm from its ``metrics.jsonl`` under ``logs`` (committed run states)."""
     import json
 
-    rows = ["| arm | initialisation | epochs (full stage) | best val mIoU (epoch) | last val mIoU | gain over last 20 | "
-            "target | state |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    head = ("| arm | initialisation | epochs (full stage) | best val mIoU (epoch) | last val mIoU | gain over last 20 | "
+            "target | state |")
+    rows = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
     for arm in ARMS:
         log = logs / arm / "metrics.jsonl"
         recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
