@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=parse_size, default=None,
                    help="fixed model input HxW (images are resized to it and back); default: native resolution")
     p.add_argument("--threads", type=threads_int, default=None,
-                   help="CPU threads (default: all cores; with videos or a camera all but one, which decoding and "
-                        "encoding use)")
+                   help="CPU inference threads (default: all cores; for video on few cores, one fewer leaves a "
+                        "core to decoding and encoding: docs/deploy.md)")
     p.add_argument("--calib", default=None, help="int8: calibration images (folder or glob)")
     p.add_argument("--calib-count", type=positive_int, default=32, help="int8: number of calibration images (default 32)")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",

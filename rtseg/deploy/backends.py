@@ -237,6 +237,8 @@ def _ov() -> Any:
 
 #: int8 OpenVINO graphs run their float (unquantized) layers at bf16 on AVX512-BF16/AMX CPUs (else f32)
 INT8_FLOAT_BF16 = True
+#: OpenVINO's CPU pinning (on by default for LATENCY on Linux)
+CPU_PINNING = bool(int(os.environ.get("RTSEG_OV_PINNING", "0")))
 
 
 class OpenVINOBackend(Backend):
@@ -277,7 +279,7 @@ class OpenVINOBackend(Backend):
         return {**super().describe(), "inference_precision": self.float_precision}
 
     def _config(self, hint: str, **extra: Any) -> dict[str, Any]:
-        return {"INFERENCE_PRECISION_HINT": self.float_precision,
+        return {"INFERENCE_PRECISION_HINT": self.float_precision, "ENABLE_CPU_PINNING": CPU_PINNING,
                 "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": self.threads, **extra}
 
     @staticmethod

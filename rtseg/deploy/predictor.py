@@ -438,14 +438,6 @@ class _Run:
         self.summary.infer_ms = round(self.seg.speed["infer"], 2)
 
 
-def video_threads() -> int:
-    """Inference threads for pipelined video / camera input when none are given: all cores but one, which the
-    decode and overlay + encode stages use. On the 2-core machine of docs/deploy.md the end-to-end FPS was the
-    same or higher with 1 inference thread (28.1 / 30.6) as with 2 (27.3 / 30.5), while 2 threads fought the
-    other stages for the cores."""
-    return max(1, (os.cpu_count() or 1) - 1)
-
-
 def predict(
     weights: str | os.PathLike | Any,
     sources: Sequence[str | os.PathLike],
@@ -467,8 +459,7 @@ def predict(
     ``weights``: checkpoint path, shipped weights name, model, an exported artifact (``.xml`` / ``.onnx``),
     or a ready :class:`Segmenter` (then ``backend``/``precision``/``size`` are ignored). ``backend="auto"``:
     the fastest installed runtime (:class:`Segmenter`). Images are ``H x W x 3`` RGB at any resolution;
-    outputs are at the source resolution. Videos run pipelined with queues of ``queue_depth`` frames; with
-    video or camera sources and no ``threads`` given, inference gets :func:`video_threads` (all cores but one).
+    outputs are at the source resolution. Videos run pipelined with queues of ``queue_depth`` frames.
     ``graph_argmax`` (default on; predict writes labels, never scores): a checkpoint's graph returns uint8
     labels, which skips the logits' copy and the front's argmax per frame (the same labels at the model's own
     size; with ``size`` the labels of a resized image are resized back nearest-neighbour); an exported
@@ -479,8 +470,6 @@ def predict(
     items = resolve_sources(sources)  # bad arguments fail here, before a model is built
     # never write over the sources (#14: a predict into its own input folder replaced its PNGs)
     check_out_dir([s.path for s in items if s.kind != "camera"], out_dir, what="out_dir")
-    if segmenter_kw.get("threads") is None and any(s.kind != "image" for s in items):
-        segmenter_kw["threads"] = video_threads()
     seg = weights if isinstance(weights, Segmenter) else Segmenter(
         weights, backend=backend, precision=precision, size=size, graph_argmax=graph_argmax, **segmenter_kw)
     out = Path(out_dir)

@@ -104,23 +104,15 @@ def test_cli_int8_keep_float(ckpt, photos, tmp_path, capsys):
     assert rc == 0 and any((tmp_path / "o2").iterdir())
 
 
-def test_video_leaves_a_core_for_decode_and_encode(ckpt, photos, tmp_path, monkeypatch):
-    """No --threads: images use every core, a video all but one (the pipeline's other stages use it);
-    the summary says how many ran and the labels come out of the in-graph argmax by default."""
+def test_summary_names_the_threads(ckpt, photos, tmp_path, monkeypatch):
+    """The summary says how many inference threads ran: all cores by default, or --threads."""
     pytest.importorskip("av")
     import os
-
-    from rtseg.deploy import predictor
 
     src = tmp_path / "clip.avi"
     _make_video(src, n=3)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    assert predictor.video_threads() == 3
     s = predict(ckpt, [str(photos)], tmp_path / "a", backend="torch", progress=False)
     assert s.threads == 4
-    s = predict(ckpt, [str(src)], tmp_path / "b", backend="torch", progress=False)
-    assert s.threads == 3 and s.frames == 3
-    s = predict(ckpt, [str(src)], tmp_path / "c", backend="torch", progress=False, threads=2)
-    assert s.threads == 2
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert predictor.video_threads() == 1
+    s = predict(ckpt, [str(src)], tmp_path / "b", backend="torch", progress=False, threads=2)
+    assert s.threads == 2 and s.frames == 3
