@@ -30,9 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queue", type=int, default=4, help="videos: frames each pipeline queue holds (default 4)")
     p.add_argument("--size", type=parse_size, default=None,
                    help="fixed model input HxW (images are resized to it and back); default: native resolution")
-    p.add_argument("--threads", type=threads_int, default=None,
-                   help="CPU inference threads (default: all cores; for video on few cores, one fewer leaves a "
-                        "core to decoding and encoding: docs/deploy.md)")
+    p.add_argument("--threads", type=threads_int, default=None, help="CPU inference threads (default: all cores)")
     p.add_argument("--calib", default=None, help="int8: calibration images (folder or glob)")
     p.add_argument("--calib-count", type=positive_int, default=32, help="int8: number of calibration images (default 32)")
     p.add_argument("--int8-keep-float", action="append", default=None, metavar="MODULE",
@@ -73,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     what = ", ".join(x for x in (f"{s.images} images" if s.images else "", f"{s.frames} frames" if s.frames else "")
                      if x) or "nothing"
-    print(f"segmented {what} in {s.seconds:.1f} s with {s.backend}/{s.precision}, {s.threads} thread{'s' * (s.threads != 1)} ({s.fps:.1f} FPS end to end, "
-          f"incl. decode/encode), {len(s.outputs)} files in {args.out}")
+    threads = f"{s.threads} thread{'s' * (s.threads != 1)}"
+    print(f"segmented {what} in {s.seconds:.1f} s with {s.backend}/{s.precision}, {threads} ({s.fps:.1f} FPS end "
+          f"to end, incl. decode/encode), {len(s.outputs)} files in {args.out}")
     if s.graph_fps:
         print(f"graph alone: {s.graph_fps:.1f} FPS; end to end = {100 * s.fps / s.graph_fps:.0f}% of it")
     for msg in s.skipped:
