@@ -65,6 +65,17 @@ def _pad_limits(ax: Any, xs: list[float], ys: list[float], logx: bool) -> None:
         ax.set_xlim(max(0.0, xl - 0.2 * xspan), xh + 0.45 * xspan)
 
 
+def _point_label(e: Entry) -> str:
+    """A point's label: the source's, plus the initialisation recorded for shipped weights (issue #18: each
+    point of the accuracy-vs-computation figure says what its training started from)."""
+    if not e.source.shipped:
+        return e.source.label
+    from rtseg.hub import weights_info
+
+    init = (weights_info().get(e.source.arg) or {}).get("init")
+    return f"{e.source.label} ({init})" if init else e.source.label
+
+
 def _fig_accuracy_vs(entries: list[Entry], path: Path, *, what: str) -> Path:
     """Scatter of val mIoU against GMACs (``what='macs'``) or FPS on this machine (``what='fps'``)."""
     plt = pyplot()
@@ -84,7 +95,7 @@ def _fig_accuracy_vs(entries: list[Entry], path: Path, *, what: str) -> Path:
         if len(pts) > 1:
             ax.plot([p[0] for p in pts], [y] * len(pts), color=c, lw=1, alpha=0.6, zorder=2)
         if pts and not math.isnan(y):
-            labelled.append((max(p[0] for p in pts), y, e.source.label, c))
+            labelled.append((max(p[0] for p in pts), y, _point_label(e), c))
             xs_all += [p[0] for p in pts]
             ys_all.append(y)
     logx = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20

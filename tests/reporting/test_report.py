@@ -240,3 +240,19 @@ def test_point_labels_do_not_overlap():
     assert len(boxes) == 4
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i + 1, 4))
     plt.close(fig)
+
+
+def test_accuracy_point_labels_name_the_initialisation():
+    """Shipped weights' points carry their recorded initialisation; other sources keep their label."""
+    from types import SimpleNamespace
+
+    from rtseg.hub import available_weights, weights_info
+    from rtseg.reporting.figures import _point_label
+
+    run = SimpleNamespace(source=SimpleNamespace(shipped=False, label="my_run", arg="runs/my_run"))
+    assert _point_label(run) == "my_run"
+    names = [n for n in available_weights() if weights_info(n).get("init")]
+    if not names:
+        pytest.skip("no shipped weights record an initialisation")
+    e = SimpleNamespace(source=SimpleNamespace(shipped=True, label=names[0], arg=names[0]))
+    assert _point_label(e) == f"{names[0]} ({weights_info(names[0])['init']})"
