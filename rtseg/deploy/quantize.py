@@ -24,7 +24,8 @@ __all__ = ["INT8_KEEP_FLOAT", "FloatScopes", "high_resolution_convs", "quantize_
 #: in OpenVINO (57.4 -> 37.5); kept in float the drop is 1.3 points, for ~3 % more int8 latency
 #: (docs/deploy.md). ESSNet's decoder feeds the encoder output, whose channels span very different ranges,
 #: into a 1x1 transposed conv; one per-tensor int8 scale for that tensor erases the small-range channels.
-#: The in-graph argmax (ReduceMax/Equal, ArgMax): quantizing the logits it reads creates ties between classes.
+#: The in-graph argmax (running max: Greater/Maximum/Select; older IRs ReduceMax/Equal; ONNX ArgMax): quantizing the
+#: logits it reads creates ties between classes.
 INT8_KEEP_FLOAT = {"openvino": ("ConvolutionBackpropData", "ReduceMax", "Equal", "Greater", "Maximum", "Select"),
                    "onnx": ("ConvTranspose", "ArgMax")}
 
