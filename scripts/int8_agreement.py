@@ -25,6 +25,8 @@ from rtseg.eval.metrics import SegMetrics
 from rtseg.hub import resolve_weights
 
 rule = sys.argv[1]
+if rule not in ("high-res", "none", "fp32-control") and not rule.startswith("keep:"):
+    sys.exit(f"RULE {rule!r}: choose high-res, none, fp32-control or keep:MOD1,MOD2,...")
 names = sys.argv[2:] or ["enet_camvid", "erfnet_camvid", "essnet_dg2s_cs_camvid"]
 root = os.environ.get("RTSEG_CAMVID", "../shared/data/camvid")
 val = build_dataset("camvid", root, split="val")
