@@ -323,15 +323,13 @@ class Segmenter:
 
     def _fp32_control(self, ir: Any, calib: list[np.ndarray]) -> list[tuple]:
         """Control items from the calibration inputs labelled by the fp32 graph ``ir`` (``int8_control="fp32"``)."""
-        from rtseg.deploy.backends import _ov
-
-        compiled = _ov().Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                          "INFERENCE_NUM_THREADS": self.threads})
+        fp32 = OpenVINOBackend(ir, "fp32", self.threads, self.graph_argmax)
         items = []
         for xin in calib:
-            out = np.asarray(compiled(xin)[0])[0]
+            out = fp32.run(xin)[0]
             lab = torch.from_numpy(np.ascontiguousarray(out if self.graph_argmax else out.argmax(0)).astype(np.int64))
             items.append((xin, lab, tuple(xin.shape[-2:]), False))
+        fp32.close()
         return items
 
     def _control_items(self) -> list[tuple]:
