@@ -174,7 +174,7 @@ class _Frames:
 class _VideoWriter:
     """An mp4 (H.264 when available, else MPEG-4 part 2) written frame by frame; odd sizes are padded."""
 
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, preset: str = "ultrafast") -> None:
         av = _av()
         from fractions import Fraction
 
@@ -185,9 +185,10 @@ class _VideoWriter:
         self._atomic = atomic_path(path)
         self.container = av.open(str(self._atomic.__enter__()), mode="w")
         codec = next(c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available)
-        # x264 "veryfast": ~3x cheaper than its default "medium" at 360x480 for overlays (it runs beside the
-        # graph on the same cores, docs/deploy.md)
-        opts = {"preset": "veryfast"} if codec == "libx264" else {}
+        # x264 "ultrafast" by default: it runs beside the graph on the same cores; at 360x480 it costs 2.0-2.7 ms
+        # of CPU a frame against "veryfast"'s 7.7-9.7 and "medium"'s 19.4, for files ~1.5x larger than
+        # veryfast's at the same CRF (docs/deploy.md); ``preset`` trades encode CPU for file size
+        opts = {"preset": preset} if codec == "libx264" else {}
         self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=opts)
         self.stream.pix_fmt = "yuv420p"
         self.av = av
@@ -323,6 +324,10 @@ def _graph_fps(seg: Segmenter, image: np.ndarray, runs: int = 20) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- predict
+#: x264's presets, fastest first (``predict(video_preset=)``, ``rtseg predict --video-preset``)
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 def _side_by_side(image: np.ndarray, over: np.ndarray, gap: int = 4) -> np.ndarray:
     h = image.shape[0]
     return np.concatenate([image, np.full((h, gap, 3), 255, np.uint8), over], axis=1)
@@ -395,7 +400,7 @@ class _Run:
             ov = blend(image, labels, self.palette, o["alpha"]) if kinds != ["labels"] else None
             for k in kinds:
                 if k not in writers:
-                    writers[k] = _VideoWriter(self.out / f"{stem}_{k}.mp4", fps)
+                    writers[k] = _VideoWriter(self.out / f"{stem}_{k}.mp4", fps, o["preset"])
                 frame = ov if k == "overlay" else _side_by_side(image, ov) if k == "side" else colorize(labels, self.palette)
                 writers[k].write(frame)
             if o["save_frames"]:
@@ -452,6 +457,7 @@ def predict(
     progress: bool = True,
     queue_depth: int = 4,
     graph_argmax: bool = True,
+    video_preset: str = "ultrafast",
     **segmenter_kw: Any,
 ) -> PredictSummary:
     """Segment ``sources`` and write label PNGs / overlays / videos into ``out_dir``.
@@ -459,7 +465,9 @@ def predict(
     ``weights``: checkpoint path, shipped weights name, model, an exported artifact (``.xml`` / ``.onnx``),
     or a ready :class:`Segmenter` (then ``backend``/``precision``/``size`` are ignored). ``backend="auto"``:
     the fastest installed runtime (:class:`Segmenter`). Images are ``H x W x 3`` RGB at any resolution;
-    outputs are at the source resolution. Videos run pipelined with queues of ``queue_depth`` frames.
+    outputs are at the source resolution. Videos run pipelined with queues of ``queue_depth`` frames and
+    are encoded with the x264 preset ``video_preset`` (one of :data:`X264_PRESETS`; default ``ultrafast``,
+    the cheapest on CPU beside the graph; ``veryfast`` writes ~2/3 the bytes for ~3.5x the encode CPU).
     ``graph_argmax`` (default on; predict writes labels, never scores): a checkpoint's graph returns uint8
     labels, which skips the logits' copy and the front's argmax per frame (the same labels at the model's own
     size; with ``size`` the labels of a resized image are resized back nearest-neighbour); an exported
@@ -467,6 +475,8 @@ def predict(
     Returns a :class:`PredictSummary` (``backend``/``precision`` say what ran; ``graph_fps``: the graph
     alone, measured after the last video).
     """
+    if video_preset not in X264_PRESETS:
+        raise ValueError(f"video_preset: {video_preset!r} is not an x264 preset ({', '.join(X264_PRESETS)})")
     items = resolve_sources(sources)  # bad arguments fail here, before a model is built
     # never write over the sources (#14: a predict into its own input folder replaced its PNGs)
     check_out_dir([s.path for s in items if s.kind != "camera"], out_dir, what="out_dir")
@@ -476,7 +486,8 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # what a killed predict left (its outputs are written under temp names)
     opts = {"overlay": overlay, "side_by_side": side_by_side, "save_frames": save_frames, "alpha": alpha,
-            "queue": max(1, int(queue_depth))}
+            "queue": max(1, int(queue_depth)),
+            "preset": video_preset}
     run = _Run(seg, out, opts, progress, sum(s.kind == "image" for s in items))
     seg.reset_speed()
     run.graph_image = None

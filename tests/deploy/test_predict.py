@@ -116,3 +116,26 @@ def test_summary_names_the_threads(ckpt, photos, tmp_path, monkeypatch):
     assert s.threads == 4
     s = predict(ckpt, [str(src)], tmp_path / "b", backend="torch", progress=False, threads=2)
     assert s.threads == 2 and s.frames == 3
+
+
+def test_video_preset_reaches_the_encoder(ckpt, tmp_path):
+    """--video-preset is the x264 preset of the written video (x264 records it in the stream); a name x264
+    does not know is refused before any model is built."""
+    av = pytest.importorskip("av")
+    if "libx264" not in av.codecs_available:
+        pytest.skip("PyAV built without libx264")
+    src = tmp_path / "clip.avi"
+    _make_video(src, n=4)
+    for preset in ("ultrafast", "medium"):
+        out = tmp_path / preset
+        assert main(["predict", str(src), "--weights", str(ckpt), "--out", str(out), "--overlay", "--quiet",
+                     "--video-preset", preset]) == 0
+        data = (out / "clip_overlay.mp4").read_bytes()
+        # x264 writes its settings into the bitstream: ultrafast turns CABAC and B-frames off, medium keeps them
+        settings = data[data.index(b"x264 - core"):][:2000]
+        assert (b"cabac=0" in settings) == (preset == "ultrafast"), settings[:200]
+        with av.open(str(out / "clip_overlay.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 4
+    with pytest.raises(ValueError, match="video_preset"):
+        predict(ckpt, [str(src)], tmp_path / "bad", video_preset="warp", progress=False)
+    assert not (tmp_path / "bad").exists()
