@@ -103,6 +103,177 @@ def write_status(md: Path, logs: Path) -> None:
     print(f"{md}: study table updated from {logs}")
 
 
+# ------------------------------------------------------------------------------------------------ write-up
+WRITEUP_BEGIN, WRITEUP_END = "<!-- essnet-study-writeup:begin -->", "<!-- essnet-study-writeup:end -->"
+#: the network each arm deploys as (the gradual arm trains a masked ESSNet-D and converts to ESSNet-DG2S)
+DEPLOYED = {arm: ("essnet_dg2s" if ARMS[arm][0].get("gradual_groups") == 2 else ARMS[arm][0]["model"]) for arm in ARMS}
+#: shipped weights outside the study's arms: the thesis' baselines (rtseg's own recipes) and the ESSNet-DG2S
+#: fine-tuned before the study (240x320 crops, 20 + 12 epochs; docs/results.md)
+BASELINES = {"erfnet_camvid": "scratch (rtseg's own recipe)", "enet_camvid": "scratch (rtseg's own recipe)",
+             "essnet_dg2s_cs_camvid": "author's Cityscapes ESSNet-DG2 (pre-study recipe)"}
+#: the arms whose curves make the gradual-vs-scratch figure
+CURVE_ARMS = ("essnet_dg2s_camvid", "essnet_dg2s_scratch_camvid", "essnet_d_camvid")
+
+
+def _kind(init: str) -> str:
+    """Initialisation family of a label (the figure's colours): Cityscapes, ImageNet, gradual, scratch."""
+    return next((k for k in ("Cityscapes", "ImageNet", "gradual") if k in init), "scratch")
+
+
+def _records(logs: Path, arm: str) -> list[dict]:
+    import json
+
+    log = logs / arm / "metrics.jsonl"
+    return [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+
+
+def _cost(model: str, num_classes: int = 11, size: tuple[int, int] = (360, 480)) -> tuple[int, float]:
+    """(params, GMACs at ``size``) of ``model`` as deployed."""
+    from rtseg.eval.profiler import count_flops, count_params
+
+    net = rtseg.create_model(model, num_classes=num_classes)
+    return count_params(net), count_flops(net, size)["macs"] / 1e9
+
+
+def study_rows(logs: Path, index: dict) -> list[dict]:
+    """One dict per network of the write-up: the baselines (from the shipped index) and every study arm with
+    a full-stage epoch logged under ``logs``; shipped arms carry their ``rtseg.evaluate`` score and per-class
+    IoU from ``index``."""
+    rows = []
+    for name, init in BASELINES.items():
+        if name in index:
+            e = index[name]
+            rows.append({"name": name, "model": e["model"], "init": init,
+                         "best": 100 * e["val_miou"], "epoch": None, "epochs": None, "state": "shipped",
+                         "shipped": 100 * e["val_miou"], "per_class": e.get("per_class_iou"),
+                         "params": e["params"], "gmacs": e["macs"] / 1e9})
+    for arm in ARMS:
+        recs = _records(logs, arm)
+        full = [r for r in recs if r.get("stage") == "full" and r.get("val_miou") is not None]
+        if not full:
+            continue
+        best = max(full, key=lambda r: r["val_miou"])
+        params, gmacs = _cost(DEPLOYED[arm])
+        e = index.get(arm)
+        rows.append({"name": arm, "model": DEPLOYED[arm], "init": INIT_LABEL[arm], "best": 100 * best["val_miou"],
+                     "epoch": best["epoch"], "epochs": len(full),
+                     "state": "plateau" if any(r.get("stopped") for r in recs) else "training",
+                     "shipped": None if e is None else 100 * e["val_miou"],
+                     "per_class": None if e is None else e.get("per_class_iou"), "params": params, "gmacs": gmacs})
+    return rows
+
+
+def _fig_tradeoff(rows: list[dict], path: Path) -> Path:
+    """Fig. 3.10 analogue: val mIoU vs GMACs at 360x480, each point labelled with its initialisation."""
+    from rtseg.eval.metrics import pyplot, save_figure
+
+    plt = pyplot()
+    colour = {"scratch": "tab:blue", "gradual": "tab:green", "Cityscapes": "tab:orange", "ImageNet": "tab:purple"}
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for r in rows:
+        k = _kind(r["init"])
+        ax.scatter(r["gmacs"], r["best"], s=45, color=colour[k], label=k, zorder=3)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), title="initialisation", fontsize=8, loc="upper right")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    xs, ys = [r["gmacs"] for r in rows], [r["best"] for r in rows]
+    ax.set_xlim(min(xs) / 1.25, max(xs) * 2.6)  # room for the labels right of the points
+    ax.set_ylim(min(ys) - 3, max(ys) + 3)
+    from rtseg.reporting.figures import _annotate_points  # overlapping labels move down
+
+    _annotate_points(ax, xs, ys, [f"{r['name']} ({r['init']})" for r in rows],
+                     [colour[_kind(r["init"])] for r in rows])
+    ax.set_xlabel("GMACs per 360x480 frame (log)")
+    ax.set_ylabel("CamVid val mIoU (%, best epoch)")
+    ax.set_title("ESSNet study on CamVid: accuracy vs compute (thesis Fig. 3.10 analogue)")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path, dpi=110, bbox_inches="tight", pad_inches=0.12)
+
+
+def _fig_curves(logs: Path, path: Path) -> Path | None:
+    """Gradual grouping vs grouped from scratch (and dense ESSNet-D): val mIoU per epoch of both stages, with
+    gradual grouping's alpha; None when none of those arms has logged an epoch."""
+    from rtseg.eval.metrics import pyplot, save_figure
+
+    logged = {arm: _records(logs, arm) for arm in CURVE_ARMS}
+    if not any(logged.values()):
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, stage, what in ((axes[0], "encoder", "encoder stage: val mIoU at 1/8 (encoder labels)"),
+                            (axes[1], "full", "whole network: val mIoU, full 360x480 frames")):
+        for arm, recs in logged.items():
+            pts = [(r["epoch"], 100 * r["val_miou"]) for r in recs if r.get("stage") == stage and r.get("val_miou") is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=f"{arm} ({INIT_LABEL[arm]})", lw=1.2)
+        ax.set_title(what, fontsize=9)
+        ax.set_xlabel(f"{stage} epoch")
+        ax.set_ylabel("val mIoU (%)")
+        ax.grid(alpha=0.3)
+    alpha = [(r["epoch"], r["alpha"]) for r in logged.get("essnet_dg2s_camvid", []) if r.get("stage") == "encoder" and "alpha" in r]
+    if alpha:
+        tw = axes[0].twinx()
+        tw.plot(*zip(*alpha), color="grey", ls="--", lw=1, label="alpha (gradual)")
+        tw.set_ylabel("alpha (1 = dense, 0 = grouped)")
+        tw.set_ylim(-0.05, 1.05)
+    axes[1].legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path, dpi=110, bbox_inches="tight", pad_inches=0.12)
+
+
+def writeup(rows: list[dict], figures: dict[str, Path | None], rel: Path) -> str:
+    """Markdown of the write-up: the Table 3.5 analogue, the figures, the per-class IoU of shipped networks,
+    and the gradual-vs-scratch comparison when both arms have full-stage epochs."""
+    out = ["Table 3.5 analogue (CamVid val, 11 classes; params and GMACs of the deployed network at 360x480;",
+           "\"best\" is the best full-stage epoch of the training log, \"shipped\" the file's own `rtseg.evaluate`):", "",
+           "| network | initialisation | val mIoU best (epoch) | shipped | full-stage epochs | params | GMACs | state |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ep = "" if r["epoch"] is None else f" ({r['epoch']})"
+        shipped = "-" if r["shipped"] is None else f"{r['shipped']:.2f}"
+        epochs = "-" if r["epochs"] is None else r["epochs"]
+        out.append(f"| `{r['name']}` (`{r['model']}`) | {r['init']} | {r['best']:.2f}{ep} | {shipped} | {epochs} | "
+                   f"{r['params']:,} | {r['gmacs']:.2f} | {r['state']} |")
+    for key, caption in (("tradeoff", "accuracy vs GMACs, each point labelled with its initialisation"),
+                         ("curves", "gradual grouping vs grouped from scratch: val mIoU per epoch")):
+        if figures.get(key) is not None:
+            out += ["", f"![{caption}]({figures[key].relative_to(rel).as_posix()})"]
+    shipped = [r for r in rows if r["per_class"]]
+    if shipped:
+        classes = list(shipped[0]["per_class"])
+        out += ["", "Per-class IoU (%) of the shipped networks (CamVid val, fp32, full frames):", "",
+                "| class | " + " | ".join(f"`{r['name']}`" for r in shipped) + " |",
+                "|---|" + "---:|" * len(shipped)]
+        for c in classes:
+            out.append(f"| {c} | " + " | ".join(f"{100 * r['per_class'].get(c, float('nan')):.1f}" for r in shipped) + " |")
+    by = {r["name"]: r for r in rows}
+    g, s = by.get("essnet_dg2s_camvid"), by.get("essnet_dg2s_scratch_camvid")
+    if g and s:
+        d = g["best"] - s["best"]
+        out += ["", (f"Gradual grouping vs grouped from scratch (same budget): {g['best']:.2f} vs {s['best']:.2f} = "
+                     f"{d:+.2f} points ({g['state']} / {s['state']}); the issue's bar is >= +1.")]
+    return "\n".join(out)
+
+
+def write_writeup(md: Path, logs: Path, index_path: Path, fig_dir: Path) -> None:
+    import json
+
+    text = md.read_text()
+    if WRITEUP_BEGIN not in text or WRITEUP_END not in text:
+        raise SystemExit(f"{md}: markers {WRITEUP_BEGIN} / {WRITEUP_END} not found")
+    rows = study_rows(logs, json.loads(index_path.read_text()))
+    figures = {"tradeoff": _fig_tradeoff(rows, fig_dir / "essnet_study_tradeoff.png") if rows else None,
+               "curves": _fig_curves(logs, fig_dir / "essnet_study_curves.png")}
+    head, rest = text.split(WRITEUP_BEGIN, 1)
+    tail = rest.split(WRITEUP_END, 1)[1]
+    md.write_text(f"{head}{WRITEUP_BEGIN}\n{writeup(rows, figures, md.parent)}\n{WRITEUP_END}{tail}")
+    print(f"{md}: study write-up updated from {logs} and {index_path}")
+
+
 def run_arm(arm: str, root: str, runs: Path, weights: Path, workers: int) -> dict:
     run_dir = runs / arm
     mutable = {"workers": workers, "progress": False}
@@ -129,9 +300,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--status", type=Path, default=None, metavar="MD",
                     help="only rewrite the study table in MD (e.g. docs/results.md) from the logs under --runs")
+    ap.add_argument("--writeup", type=Path, default=None, metavar="MD",
+                    help="only rewrite the study write-up (Table 3.5 / Fig. 3.10 analogues, curves, per-class IoU) "
+                         "in MD from the logs under --runs and the shipped index; figures go to MD's figures/")
+    ap.add_argument("--index", type=Path, default=Path(rtseg.__file__).parent / "weights" / "index.json",
+                    help="the shipped weights' index (baselines and shipped arms)")
     args = ap.parse_args(argv)
-    if args.status is not None:
-        write_status(args.status, args.runs)
+    if args.status is not None or args.writeup is not None:
+        if args.status is not None:
+            write_status(args.status, args.runs)
+        if args.writeup is not None:
+            write_writeup(args.writeup, args.runs, args.index, args.writeup.parent / "figures")
         return 0
     if args.root is None:
         ap.error("--root is needed to train (only --status works without it)")
