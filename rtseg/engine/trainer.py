@@ -579,7 +579,7 @@ def _plateau(run: _Run, stage: _Stage, epoch: int) -> str | None:
     best_now, best_then = max(mious.values()), max(before)
     if best_now - best_then >= gain:
         return None
-    return (f"plateau: best val mIoU {100 * best_now:.2f} at epoch {epoch + 1} gained "
+    return (f"plateau: stopped after epoch {epoch + 1}, the best val mIoU ({100 * best_now:.2f}) gained "
             f"{100 * (best_now - best_then):.2f} < {100 * gain:.2f} points over the last {window} epochs")
 
 
