@@ -182,6 +182,29 @@ def _nncf_settings(nncf: Any, ir: Any, n: int, scopes: FloatScopes, keep_float: 
     return adv, kw
 
 
+#: NNCF SmoothQuant alpha for convolutions, applied before every OpenVINO int8 quantization (0 = off). Per
+#: input channel it moves activation range into the conv's weights (exact in float: the channel's producer is
+#: divided by the scale, the conv's input weights multiplied), so the per-tensor activation quantizer in front
+#: of a 1x1 conv no longer spends its 8 bits on a few wide channels -- the case of ESSNet's depthwise ->
+#: pointwise pairs. Measured (CamVid val, default rule, docs/deploy.md): essnet_dg2s_cs_camvid -1.28 -> -0.53
+#: mIoU (agreement 99.01 -> 99.19 %), no loss elsewhere, no speed cost at 512x1024.
+INT8_SMOOTH_QUANT = 0.5
+
+
+def smooth_quant_openvino(ir: Any, calib: list[np.ndarray], alpha: float) -> Any:
+    """NNCF's SmoothQuant on the convolutions of the OpenVINO model ``ir`` (a copy), statistics from
+    ``calib``: run as its own NNCF pipeline step, so the model type stays a CNN for the quantization that
+    follows (``nncf.quantize`` runs SmoothQuant only with ``model_type=TRANSFORMER``, which also stops
+    quantizing residual Adds)."""
+    nncf = _nncf()
+    from nncf.quantization.algorithms.pipeline import Pipeline
+    from nncf.quantization.algorithms.smooth_quant.algorithm import SmoothQuant
+
+    step = SmoothQuant(len(calib), inplace_statistics=True, alpha_map={"convolution": alpha, "matmul": -1})
+    with third_party_quiet():
+        return Pipeline([[step]]).run(ir.clone(), nncf.Dataset(calib))
+
+
 def quantize_openvino(ir: Any, calib: list[np.ndarray], scopes: FloatScopes, keep_float: Sequence[str],
                       control: list[tuple[np.ndarray, Any]] | None = None,
                       metric: Callable[[Any, list], float] | None = None,
@@ -193,6 +216,8 @@ def quantize_openvino(ir: Any, calib: list[np.ndarray], scopes: FloatScopes, kee
     most ``max_drop``; the modules it reverted are added to the returned list.
     """
     nncf = _nncf()
+    if INT8_SMOOTH_QUANT:  # first: the float scopes below then also cover its Multiply nodes
+        ir = smooth_quant_openvino(ir, calib, INT8_SMOOTH_QUANT)
     adv, kw = _nncf_settings(nncf, ir, len(calib), scopes, keep_float)
     if control is None:
         with third_party_quiet():  # NNCF's INFO lines and bars stay out of rtseg's output (the CLI: unless -v)

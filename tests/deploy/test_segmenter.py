@@ -308,3 +308,34 @@ def test_int8_float_layers_fall_back_to_f32_when_bf16_fails(model, monkeypatch):
     if cpu_supports_bf16():  # a bf16 request is not silently changed (elsewhere bf16 is refused earlier)
         with pytest.raises(RuntimeError, match="not initialized"):
             Segmenter(model, "openvino", "bf16", size=(64, 96))
+
+
+def test_int8_openvino_smooth_quant_on_convs(model, monkeypatch):
+    """INT8_SMOOTH_QUANT: NNCF SmoothQuant rescales the activations in front of convolutions before the int8
+    quantization (its Multiply nodes are in the int8 graph; 0 turns it off), and in float it changes nothing:
+    the smoothed fp32 graph gives the original's logits."""
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from rtseg.deploy import quantize as qz
+
+    calib_images = [bench_image((64, 96), seed=s) for s in range(3, 6)]
+
+    def smoothed(seg):
+        return [op.get_friendly_name() for op in seg.runtime.ir.get_ordered_ops()
+                if op.get_friendly_name().endswith("/nncf_smooth_quant")]
+
+    on = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib_images)
+    assert smoothed(on)
+    monkeypatch.setattr(qz, "INT8_SMOOTH_QUANT", 0)
+    off = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib_images)
+    assert not smoothed(off)
+
+    fp = Segmenter(model, "openvino", "fp32", size=(64, 96))
+    x = [np.random.default_rng(s).random((1, 3, 64, 96), dtype=np.float32) for s in range(3)]
+    sq = qz.smooth_quant_openvino(fp.runtime.ir, x, 0.5)
+    assert any(op.get_friendly_name().endswith("/nncf_smooth_quant") for op in sq.get_ordered_ops())
+    cfg = {"INFERENCE_PRECISION_HINT": "f32"}
+    a = ov.Core().compile_model(fp.runtime.ir, "CPU", cfg)(x[0])[0]
+    b = ov.Core().compile_model(sq, "CPU", cfg)(x[0])[0]
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * float(np.abs(a).max()))
