@@ -418,7 +418,12 @@ def _export_built(model: nn.Module, path: Path, format: str, size: tuple[int, in
     built = [seg.predict(im) for im in images]
     agreement = float(np.mean([(a == ref.predict(im)).mean() for a, im in zip(built, images)]))
     ref.close()
-    calib = None if precision != "int8" else {"images": seg.calibration_count, "source": str(seg_kw["calibration"])}
+    calib = None
+    if precision == "int8":
+        from rtseg.deploy.quantize import INT8_SMOOTH_QUANT
+
+        calib = {"images": seg.calibration_count, "source": str(seg_kw["calibration"]),
+                 "smooth_quant_alpha": INT8_SMOOTH_QUANT if backend == "openvino" else None}
     seg.runtime.save(path, graph_metadata(model, None if dynamic else size, argmax, precision,
                                           int8_keep_float=list(seg.int8_keep_float) if precision == "int8" else None,
                                           agreement_fp32=round(agreement, 5), calibration=calib, **meta))

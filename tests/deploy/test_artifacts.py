@@ -78,6 +78,7 @@ def test_int8_artifact_calibrates_once(ckpt, calib, tmp_path, capsys, monkeypatc
     meta = read_metadata(out)
     assert meta.precision == "int8" and meta["int8_keep_float"] == ["encoder.initial_block"]
     assert 0.5 < meta["agreement_fp32"] <= 1 and meta["calibration"]["images"] == 4
+    assert meta["calibration"]["smooth_quant_alpha"] == 0.5  # the int8 recipe is in the file
     ref = Segmenter(rtseg.load_model(ckpt), "openvino", "int8", size=SIZE, calibration=str(calib),
                     int8_keep_float=["encoder.initial_block"])
     import rtseg.deploy.quantize as Q
