@@ -19,6 +19,7 @@ import torch
 
 import rtseg
 from rtseg.checkpoint import convert_file
+from rtseg.utils.io import atomic_write_text, replace_marked
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "essnet_camvid_study.yaml"
 
@@ -70,14 +71,11 @@ BEGIN, END = "<!-- essnet-study:begin -->", "<!-- essnet-study:end -->"
 
 def status_table(logs: Path) -> str:
     """Markdown: one row per arm from its ``metrics.jsonl`` under ``logs`` (committed run states)."""
-    import json
-
     head = ("| arm | initialisation | epochs (full stage) | best val mIoU (epoch) | last val mIoU | gain over last 20 | "
             "target | state |")
     rows = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
     for arm in ARMS:
-        log = logs / arm / "metrics.jsonl"
-        recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+        recs = _records(logs, arm)
         full = [r for r in recs if r.get("stage") == "full" and r.get("val_miou") is not None]
         tgt = f"{TARGET[arm]:.0f}" if arm in TARGET else "-"
         if not full:
@@ -93,13 +91,18 @@ def status_table(logs: Path) -> str:
     return "\n".join(rows)
 
 
-def write_status(md: Path, logs: Path) -> None:
+def _check_markers(md: Path, start: str, end: str) -> str:
     text = md.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{md}: markers {BEGIN} / {END} not found")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    md.write_text(f"{head}{BEGIN}\n{status_table(logs)}\n{END}{tail}")
+    try:
+        replace_marked(text, start, end, "", str(md))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    return text
+
+
+def write_status(md: Path, logs: Path) -> None:
+    text = _check_markers(md, BEGIN, END)
+    atomic_write_text(md, replace_marked(text, BEGIN, END, status_table(logs)))
     print(f"{md}: study table updated from {logs}")
 
 
@@ -262,15 +265,11 @@ def writeup(rows: list[dict], figures: dict[str, Path | None], rel: Path) -> str
 def write_writeup(md: Path, logs: Path, index_path: Path, fig_dir: Path) -> None:
     import json
 
-    text = md.read_text()
-    if WRITEUP_BEGIN not in text or WRITEUP_END not in text:
-        raise SystemExit(f"{md}: markers {WRITEUP_BEGIN} / {WRITEUP_END} not found")
+    text = _check_markers(md, WRITEUP_BEGIN, WRITEUP_END)  # before any figure is drawn
     rows = study_rows(logs, json.loads(index_path.read_text()))
     figures = {"tradeoff": _fig_tradeoff(rows, fig_dir / "essnet_study_tradeoff.png") if rows else None,
                "curves": _fig_curves(logs, fig_dir / "essnet_study_curves.png")}
-    head, rest = text.split(WRITEUP_BEGIN, 1)
-    tail = rest.split(WRITEUP_END, 1)[1]
-    md.write_text(f"{head}{WRITEUP_BEGIN}\n{writeup(rows, figures, md.parent)}\n{WRITEUP_END}{tail}")
+    atomic_write_text(md, replace_marked(text, WRITEUP_BEGIN, WRITEUP_END, writeup(rows, figures, md.parent)))
     print(f"{md}: study write-up updated from {logs} and {index_path}")
 
 

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rtseg.utils.io import replace_marked
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 RESULTS = README.parent / "docs" / "results.md"
 START, END = "<!-- models:start -->", "<!-- models:end -->"
@@ -105,16 +107,9 @@ def zoo_details(index: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def _replace(text: str, start: str, end: str, body: str) -> str:
-    if start not in text or end not in text:
-        raise SystemExit(f"{README}: markers {start} / {end} not found")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{body}\n{end}{tail}"
-
-
 def render(text: str) -> str:
-    return _replace(_replace(text, START, END, model_table()), WSTART, WEND, weights_table())
+    return replace_marked(replace_marked(text, START, END, model_table(), README.name), WSTART, WEND,
+                          weights_table(), README.name)
 
 
 def main() -> int:
@@ -122,9 +117,12 @@ def main() -> int:
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     stale = []
-    for path, fn in ((README, render), (RESULTS, lambda t: _replace(t, ZSTART, ZEND, zoo_details()))):
+    for path, fn in ((README, render), (RESULTS, lambda t: replace_marked(t, ZSTART, ZEND, zoo_details(), RESULTS.name))):
         text = path.read_text()
-        new = fn(text)
+        try:
+            new = fn(text)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         if new != text:
             stale.append(path.name)
             if not args.check:

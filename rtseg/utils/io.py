@@ -58,6 +58,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def replace_marked(text: str, start: str, end: str, body: str, where: str = "text") -> str:
+    """``text`` with what lies between the markers ``start`` and ``end`` replaced by ``body`` (the generated
+    sections of the README and docs); ``ValueError`` naming ``where`` when a marker is missing."""
+    if start not in text or end not in text:
+        raise ValueError(f"{where}: markers {start} / {end} not found")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
+
+
 # ----------------------------------------------------------------------------------------------
 # temporary names, writers that need a path, and outputs that must never land on inputs
 
