@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--no-float-too", action="store_true", help="also time int8 with no float modules")
+    p.add_argument("--no-subpixel-too", action="store_true",
+                   help="also time the default int8 built without the sub-pixel output conv (INT8_SUBPIXEL off)")
+    p.add_argument("--keep-float", action="append", default=[], metavar="NAME=MOD1,MOD2",
+                   help="also time int8 with exactly these modules in float, as path rtseg-int8-NAME (repeatable)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     import numpy as np
@@ -82,6 +86,19 @@ def main(argv: list[str] | None = None) -> int:
             runners["rtseg-int8-no-float"] = Segmenter(model, "openvino", "int8", size=size, threads=a.threads,
                                                        graph_argmax=True, calibration=imgs,
                                                        calibration_size=a.calib_count, int8_keep_float=[]).runtime.run
+        if a.no_subpixel_too:
+            from rtseg.deploy import quantize as qz
+
+            qz.INT8_SUBPIXEL = False
+            runners["rtseg-int8-no-subpixel"] = Segmenter(model, "openvino", "int8", size=size, threads=a.threads,
+                                                          graph_argmax=True, calibration=imgs,
+                                                          calibration_size=a.calib_count).runtime.run
+            qz.INT8_SUBPIXEL = True
+        for spec in a.keep_float:  # other float-module rules, in the same A/B
+            tag, _, mods = spec.partition("=")
+            runners[f"rtseg-int8-{tag}"] = Segmenter(model, "openvino", "int8", size=size, threads=a.threads,
+                                                     graph_argmax=True, calibration=imgs, calibration_size=a.calib_count,
+                                                     int8_keep_float=[m for m in mods.split(",") if m]).runtime.run
         x = np.divide(bench_image(size).transpose(2, 0, 1)[None], np.float32(255), dtype=np.float32)
         for r in runners.values():  # warm-up
             for _ in range(3):

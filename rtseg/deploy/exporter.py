@@ -116,18 +116,24 @@ def _name(model: nn.Module) -> str:
     return getattr(model, "rtseg_name", None) or type(model).__name__
 
 
-def deploy_model(model: nn.Module) -> nn.Module:
+def deploy_model(model: nn.Module, subpixel: bool = False) -> nn.Module:
     """Eval-mode inference form of ``model`` (a copy): grouped convs, folded BatchNorm and the model's
     :meth:`~rtseg.models.SegmentationModel.export_form` operators; same outputs up to float rounding.
 
     :func:`rtseg.nn.grouping.convert_to_deploy` turns masked (gradual-grouping) convs into grouped ones and
-    folds BatchNorm. Registry attributes (``rtseg_name``...) are kept.
+    folds BatchNorm. Registry attributes (``rtseg_name``...) are kept. ``subpixel``: the transposed convs
+    whose sub-pixel form adds no multiply-adds (kernel = stride: the ESSNet/ERFNet output convs) become
+    ``Conv2d -> pixel_shuffle`` (:func:`rtseg.nn.fuse.transposed_to_subpixel`) -- what OpenVINO int8 graphs
+    use (docs/deploy.md); fp32 graphs keep ``ConvTranspose`` (slower on ONNX Runtime, no gain on OpenVINO).
     """
+    from rtseg.nn.fuse import transposed_to_subpixel
     from rtseg.nn.grouping import convert_to_deploy
 
     out = convert_to_deploy(model).eval()  # works on a copy
     if callable(getattr(out, "export_form", None)):
         out.export_form()  # e.g. ENet: mask unpooling instead of ScatterElements
+    if subpixel:
+        transposed_to_subpixel(out, inplace=True, waste_free=True)
     for attr in ("rtseg_name", "rtseg_kwargs", "rtseg_meta"):
         if hasattr(model, attr) and not hasattr(out, attr):
             setattr(out, attr, getattr(model, attr))
@@ -192,7 +198,7 @@ def _check_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> None:
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
                 opset: int = DEFAULT_OPSET, dynamic: bool = False, argmax: bool = False,
                 fold: bool = False, dynamic_batch: bool = False, argmax_form: str = "argmax",
-                meta: dict[str, Any] | None = None) -> Path:
+                meta: dict[str, Any] | None = None, subpixel: bool = False) -> Path:
     """Write ``model`` (eval mode) as ONNX to ``path`` atomically.
 
     Graph input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1] (normalisation is inside the graph);
@@ -200,14 +206,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     ``dynamic=True`` makes batch, height and width symbolic (sides must then be multiples of
     ``size_divisor``); ``dynamic_batch=True`` only the batch. ``fold=True`` exports :func:`deploy_model`
     of ``model`` (``export`` always does). ``argmax_form`` picks how the argmax is written (:data:`ARGMAX_FORMS`).
-    ``meta``: extra :func:`graph_metadata` entries (e.g. ``source_sha256``).
+    ``meta``: extra :func:`graph_metadata` entries (e.g. ``source_sha256``). ``subpixel`` (with ``fold``): see
+    :func:`deploy_model`.
     """
     _check_exportable(model)
     if opset < 17:
         raise ExportError(f"opset {opset} is too old: rtseg exports opset >= 17")
     _check_size(model, size, dynamic)
     src = model
-    model = deploy_model(model) if fold else model.eval()
+    model = deploy_model(model, subpixel=subpixel) if fold else model.eval()
     net = ArgmaxHead(model, argmax_form) if argmax else model
     x = _example(size)
     out_name = "labels" if argmax else "logits"

@@ -17,7 +17,8 @@ import numpy as np
 
 from rtseg.utils.logs import third_party_quiet
 
-__all__ = ["INT8_KEEP_FLOAT", "FloatScopes", "high_resolution_convs", "quantize_onnx", "quantize_openvino", "quantized_ops"]
+__all__ = ["INT8_KEEP_FLOAT", "INT8_SMOOTH_QUANT", "INT8_SUBPIXEL", "FloatScopes", "high_resolution_convs",
+           "quantize_onnx", "quantize_openvino", "quantized_ops"]
 
 #: Operator types int8 leaves in floating point (per runtime's op naming). Transposed convs: quantizing them
 #: (and so their input, per tensor) cost the trained ``essnet_dg2s_cs_camvid`` 20 mIoU points on CamVid val
@@ -189,6 +190,14 @@ def _nncf_settings(nncf: Any, ir: Any, n: int, scopes: FloatScopes, keep_float: 
 #: pointwise pairs. Measured (CamVid val, default rule, docs/deploy.md): essnet_dg2s_cs_camvid -1.28 -> -0.53
 #: mIoU (agreement 99.01 -> 99.19 %), no loss elsewhere, no speed cost at 512x1024.
 INT8_SMOOTH_QUANT = 0.5
+
+#: OpenVINO int8 graphs write the transposed convs whose sub-pixel form adds no multiply-adds (kernel = stride:
+#: the ESSNet and ERFNet output convs) as ``Conv2d -> DepthToSpace`` (:func:`rtseg.nn.fuse.transposed_to_subpixel`,
+#: exact) and keep them in float, as the type rule keeps every ``ConvolutionBackpropData``. The plugin runs a
+#: transposed conv in f32 beside an int8 graph and reorders its full-resolution output for the argmax; the 1x1
+#: conv runs at the float layers' bf16 and the shuffle is cheap: ESSNet-DG2S int8 at 512x1024 1.14x faster in
+#: an interleaved A/B (docs/deploy.md). fp32 graphs keep ``ConvTranspose`` (measured: no gain there).
+INT8_SUBPIXEL = True
 
 
 def smooth_quant_openvino(ir: Any, calib: list[np.ndarray], alpha: float) -> Any:

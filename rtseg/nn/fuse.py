@@ -263,18 +263,37 @@ class SubPixelConv2d(nn.Module):
             x = torch.nn.functional.pad(x, self.pad)
         return torch.nn.functional.pixel_shuffle(self.conv(x), self.stride)
 
+    @classmethod
+    def waste_free(cls, m: nn.Module) -> bool:
+        """True when the sub-pixel conv of ``m`` has no zero taps: every output phase reads the same input
+        window (e.g. kernel = stride, padding 0), so the rewrite adds no multiply-adds. ESSNet's "UPS"
+        (kernel 1, stride 2) or ERFNet's 3x3 stride-2 upsampler would compute zeros (4x / 1.8x the MACs)."""
+        if not cls.supports(m):
+            return False
+        s = m.stride[0]
+        for k, p in zip(m.kernel_size, m.padding):
+            taps = cls._taps(k, s, p)
+            offsets = [d for ph in taps for _, d in ph]
+            width = max(offsets) - min(offsets) + 1
+            if any(len(ph) != width for ph in taps):
+                return False
+        return True
+
     def extra_repr(self) -> str:
         return f"stride={self.stride}, pad={self.pad}"
 
 
-def transposed_to_subpixel(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, list[str]]:
-    """Replace every supported stride-``s`` ``ConvTranspose2d`` by a :class:`SubPixelConv2d` (same outputs).
+def transposed_to_subpixel(model: nn.Module, inplace: bool = False,
+                           waste_free: bool = False) -> tuple[nn.Module, list[str]]:
+    """Replace every supported stride-``s`` ``ConvTranspose2d`` by a :class:`SubPixelConv2d` (same outputs);
+    with ``waste_free`` only those whose rewrite adds no multiply-adds (:meth:`SubPixelConv2d.waste_free`).
 
     Returns the model (a copy unless ``inplace``) and the names of the replaced modules.
     """
     if not inplace:
         model = copy.deepcopy(model)
-    names = [n for n, m in model.named_modules() if SubPixelConv2d.supports(m)]
+    ok = SubPixelConv2d.waste_free if waste_free else SubPixelConv2d.supports
+    names = [n for n, m in model.named_modules() if ok(m)]
     for n in names:
         _set(model, n, SubPixelConv2d.from_transposed(model.get_submodule(n)))
     return model, names

@@ -339,3 +339,36 @@ def test_int8_openvino_smooth_quant_on_convs(model, monkeypatch):
     a = ov.Core().compile_model(fp.runtime.ir, "CPU", cfg)(x[0])[0]
     b = ov.Core().compile_model(sq, "CPU", cfg)(x[0])[0]
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * float(np.abs(a).max()))
+
+
+def test_int8_openvino_subpixel_output_conv_in_float(model, monkeypatch):
+    """INT8_SUBPIXEL: the int8 OpenVINO graph writes the kernel = stride output conv as Conv -> DepthToSpace
+    with no quantizer in front of that conv (kept in float like every transposed conv), the other transposed
+    convs stay ConvolutionBackpropData, the recorded float modules do not change, and the labels match the
+    plain int8 graph's where the two quantizations agree (almost everywhere)."""
+    pytest.importorskip("nncf")
+    from rtseg.deploy import quantize as qz
+
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 6)]
+    x = np.divide(bench_image((64, 96), seed=9).transpose(2, 0, 1)[None], np.float32(255), dtype=np.float32)
+
+    def ops(seg):
+        return {op.get_friendly_name(): op for op in seg.runtime.ir.get_ordered_ops()}
+
+    on = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True,
+                   int8_keep_float=[])
+    d2s = [op for op in ops(on).values() if op.get_type_name() == "DepthToSpace"]
+    assert len(d2s) == 1 and "output_conv" in d2s[0].get_friendly_name()
+    conv = d2s[0].input_value(0).get_node()
+    while conv.get_type_name() not in ("Convolution", "GroupConvolution"):  # through the bias Add
+        conv = conv.input_value(0).get_node()
+    assert "output_conv" in conv.get_friendly_name()
+    assert all(conv.input_value(i).get_node().get_type_name() != "FakeQuantize" for i in range(2))
+    assert sum(op.get_type_name() == "ConvolutionBackpropData" for op in ops(on).values()) == 2  # the UPS blocks
+    assert on.int8_keep_float == []
+    monkeypatch.setattr(qz, "INT8_SUBPIXEL", False)
+    off = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True,
+                    int8_keep_float=[])
+    assert not any(op.get_type_name() == "DepthToSpace" for op in ops(off).values())
+    assert sum(op.get_type_name() == "ConvolutionBackpropData" for op in ops(off).values()) == 3
+    assert (on.runtime.run(x) == off.runtime.run(x)).mean() > 0.9

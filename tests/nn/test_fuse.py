@@ -142,3 +142,21 @@ def test_enet_export_form_keeps_outputs():
         ref = model(x)
         out = model.export_form()(x)
     assert (out - ref).abs().max() < 1e-6
+
+
+def test_subpixel_waste_free_only_where_no_tap_is_zero():
+    """waste_free: kernel = stride (every phase one tap) yes; ESSNet's UPS (kernel 1, stride 2: three phases
+    get only the bias) and the 3x3 stride-2 upsampler (phases with 1, 2 or 4 of 4 taps) no."""
+    from rtseg.nn.fuse import SubPixelConv2d, transposed_to_subpixel
+
+    assert SubPixelConv2d.waste_free(nn.ConvTranspose2d(16, 11, 2, stride=2))
+    assert SubPixelConv2d.waste_free(nn.ConvTranspose2d(8, 4, 4, stride=4))
+    assert not SubPixelConv2d.waste_free(nn.ConvTranspose2d(8, 4, 1, stride=2, output_padding=1))
+    assert not SubPixelConv2d.waste_free(nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1))
+    assert not SubPixelConv2d.waste_free(nn.ConvTranspose2d(4, 4, 3, stride=2))  # not expressible at all
+    model = create_model("essnet_dg2s", num_classes=5).eval()
+    sub, names = transposed_to_subpixel(model, waste_free=True)
+    assert names == ["decoder.output_conv"]
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(sub(x), model(x), rtol=1e-4, atol=1e-5)
