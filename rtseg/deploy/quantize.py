@@ -195,8 +195,8 @@ INT8_SMOOTH_QUANT = 0.5
 #: the ESSNet and ERFNet output convs) as ``Conv2d -> DepthToSpace`` (:func:`rtseg.nn.fuse.transposed_to_subpixel`,
 #: exact) and keep them in float, as the type rule keeps every ``ConvolutionBackpropData``. The plugin runs a
 #: transposed conv in f32 beside an int8 graph and reorders its full-resolution output for the argmax; the 1x1
-#: conv runs at the float layers' bf16 and the shuffle is cheap: ESSNet-DG2S int8 at 512x1024 1.14x faster in
-#: an interleaved A/B (docs/deploy.md). fp32 graphs keep ``ConvTranspose`` (measured: no gain there).
+#: conv runs at the float layers' bf16 and the shuffle is cheap: ESSNet-DG2S int8 at 512x1024 1.14x and 1.06x
+#: faster in two interleaved A/Bs (docs/deploy.md). fp32 graphs keep ``ConvTranspose`` (measured: no gain there).
 INT8_SUBPIXEL = True
 
 

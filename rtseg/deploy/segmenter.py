@@ -311,7 +311,7 @@ class Segmenter:
         from rtseg.deploy.quantize import INT8_SUBPIXEL
 
         # int8: the kernel = stride transposed convs as Conv2d -> DepthToSpace (exact), kept in float like every
-        # transposed conv (the type rule); the int8 ESSNet-DG2S graph runs 1.14x faster (docs/deploy.md)
+        # transposed conv (the type rule); the int8 ESSNet-DG2S graph runs 1.06-1.14x faster (docs/deploy.md)
         subpixel = self._subpixel_modules() if calib is not None and INT8_SUBPIXEL else []
         ir = _ov().convert_model(str(self._onnx(subpixel=bool(subpixel))))
         if self.size is not None:  # fully static graph at batch 1: the fastest form for the CPU plugin
