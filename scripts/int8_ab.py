@@ -79,26 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         if cpu_supports_bf16() and not a.no_bf16:
             runners["rtseg-bf16"] = Segmenter(model, "openvino", "bf16", size=size, threads=a.threads,
                                               graph_argmax=True).runtime.run
-        q = Segmenter(model, "openvino", "int8", size=size, threads=a.threads, graph_argmax=True,
-                      calibration=imgs, calibration_size=a.calib_count)
+        def int8(**kw):  # the default int8 recipe on these calibration images, plus ``kw``
+            return Segmenter(model, "openvino", "int8", size=size, threads=a.threads, graph_argmax=True,
+                             calibration=imgs, calibration_size=a.calib_count, **kw)
+
+        q = int8()
         runners["rtseg-int8"] = q.runtime.run
         if a.no_float_too:  # the cost of the default rule's float modules, in the same A/B
-            runners["rtseg-int8-no-float"] = Segmenter(model, "openvino", "int8", size=size, threads=a.threads,
-                                                       graph_argmax=True, calibration=imgs,
-                                                       calibration_size=a.calib_count, int8_keep_float=[]).runtime.run
+            runners["rtseg-int8-no-float"] = int8(int8_keep_float=[]).runtime.run
         if a.no_subpixel_too:
             from rtseg.deploy import quantize as qz
 
             qz.INT8_SUBPIXEL = False
-            runners["rtseg-int8-no-subpixel"] = Segmenter(model, "openvino", "int8", size=size, threads=a.threads,
-                                                          graph_argmax=True, calibration=imgs,
-                                                          calibration_size=a.calib_count).runtime.run
-            qz.INT8_SUBPIXEL = True
+            try:
+                runners["rtseg-int8-no-subpixel"] = int8().runtime.run
+            finally:
+                qz.INT8_SUBPIXEL = True
         for spec in a.keep_float:  # other float-module rules, in the same A/B
             tag, _, mods = spec.partition("=")
-            runners[f"rtseg-int8-{tag}"] = Segmenter(model, "openvino", "int8", size=size, threads=a.threads,
-                                                     graph_argmax=True, calibration=imgs, calibration_size=a.calib_count,
-                                                     int8_keep_float=[m for m in mods.split(",") if m]).runtime.run
+            runners[f"rtseg-int8-{tag}"] = int8(int8_keep_float=[m for m in mods.split(",") if m]).runtime.run
         x = np.divide(bench_image(size).transpose(2, 0, 1)[None], np.float32(255), dtype=np.float32)
         for r in runners.values():  # warm-up
             for _ in range(3):

@@ -245,14 +245,13 @@ class Segmenter:
         self.mean = model.mean.detach().flatten().float() if hasattr(model, "mean") else torch.zeros(3)
         if self.size is not None and (self.size[0] % self.divisor or self.size[1] % self.divisor):
             raise ValueError(f"size {self.size[0]}x{self.size[1]} must be a multiple of {self.divisor} for {self.name}")
-        self._scopes = None
+        self._scopes = self._deployed = None
         #: how :attr:`int8_keep_float` was chosen: "given", "recorded" (shipped weights) or "high-res" (the rule)
         self.int8_rule = "recorded" if recorded is not None else "given" if keep_float is not None else "high-res"
         if keep_float is None and precision == "int8" and INT8_DEFAULT_RULE == "high-res":
-            from rtseg.deploy.exporter import deploy_model
             from rtseg.deploy.quantize import high_resolution_convs
 
-            keep_float = high_resolution_convs(deploy_model(model), self.export_size())
+            keep_float = high_resolution_convs(self._deploy_form(), self.export_size())
         #: module paths whose layers run in float in the int8 graph (given, recorded, the default rule, or
         #: found by int8_control)
         self.int8_keep_float: list[str] = list(keep_float or [])
@@ -275,11 +274,19 @@ class Segmenter:
     def float_scopes(self) -> Any:
         """:class:`rtseg.deploy.quantize.FloatScopes` of this model's deploy form (module <-> node names)."""
         if self._scopes is None:
-            from rtseg.deploy.exporter import deploy_model
             from rtseg.deploy.quantize import FloatScopes
 
-            self._scopes = FloatScopes((n for n, _ in deploy_model(self.model).named_modules() if n), self.graph_argmax)
+            self._scopes = FloatScopes((n for n, _ in self._deploy_form().named_modules() if n), self.graph_argmax)
         return self._scopes
+
+    def _deploy_form(self) -> nn.Module:
+        """The model's deploy form, built once, for the int8 rules to read (module names, a forward pass at
+        the export size); the backends export their own copy."""
+        if self._deployed is None:
+            from rtseg.deploy.exporter import deploy_model
+
+            self._deployed = deploy_model(self.model)
+        return self._deployed
 
     # ------------------------------------------------------------------------------------ backends
     def _build_torch(self, calib: Any) -> Backend:
@@ -330,10 +337,9 @@ class Segmenter:
 
     def _subpixel_modules(self) -> list[str]:
         """Module paths of the transposed convs the int8 OpenVINO graph writes in sub-pixel form."""
-        from rtseg.deploy.exporter import deploy_model
         from rtseg.nn.fuse import SubPixelConv2d
 
-        return [n for n, m in deploy_model(self.model).named_modules() if SubPixelConv2d.waste_free(m)]
+        return [n for n, m in self._deploy_form().named_modules() if SubPixelConv2d.waste_free(m)]
 
     def _fp32_control(self, ir: Any, calib: list[np.ndarray]) -> list[tuple]:
         """Control items from the calibration inputs labelled by the fp32 graph ``ir`` (``int8_control="fp32"``)."""
