@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-float-too", action="store_true", help="also time int8 with no float modules")
     p.add_argument("--no-subpixel-too", action="store_true",
                    help="also time the default int8 built without the sub-pixel output conv (INT8_SUBPIXEL off)")
+    p.add_argument("--logits-argmax-too", action="store_true",
+                   help="also time the default int8 with the in-graph argmax on the full-resolution logits "
+                        "(exporter.ARGMAX_ON_PHASES off)")
     p.add_argument("--keep-float", action="append", default=[], metavar="NAME=MOD1,MOD2",
                    help="also time int8 with exactly these modules in float, as path rtseg-int8-NAME (repeatable)")
     p.add_argument("--json", type=Path, default=None)
@@ -95,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                 runners["rtseg-int8-no-subpixel"] = int8().runtime.run
             finally:
                 qz.INT8_SUBPIXEL = True
+        if a.logits_argmax_too:
+            from rtseg.deploy import exporter as ex
+
+            ex.ARGMAX_ON_PHASES = False
+            try:
+                runners["rtseg-int8-logits-argmax"] = int8().runtime.run
+            finally:
+                ex.ARGMAX_ON_PHASES = True
         for spec in a.keep_float:  # other float-module rules, in the same A/B
             tag, _, mods = spec.partition("=")
             runners[f"rtseg-int8-{tag}"] = int8(int8_keep_float=[m for m in mods.split(",") if m]).runtime.run

@@ -202,8 +202,13 @@ class SubPixelConv2d(nn.Module):
     of its phase ``(a, b)``; gathering each phase's taps into an ordinary convolution (one output channel per
     class and phase) and interleaving the phases with ``pixel_shuffle`` (ONNX ``DepthToSpace``) gives the
     same numbers. Graph runtimes run this form much faster than ``ConvTranspose`` (docs/deploy.md).
-    Build it with :meth:`from_transposed`.
+    Build it with :meth:`from_transposed`. With ``emit_phases`` set, :meth:`forward` returns the conv's
+    ``cout*s*s`` phase channels without the ``pixel_shuffle`` (what :class:`rtseg.deploy.exporter.ArgmaxHead`
+    uses to take the argmax before the interleaving).
     """
+
+    #: return the conv output before ``pixel_shuffle`` (set per instance, only while a graph is traced)
+    emit_phases: bool = False
 
     def __init__(self, conv: nn.Conv2d, pad: tuple[int, int, int, int], stride: int) -> None:
         super().__init__()
@@ -261,7 +266,8 @@ class SubPixelConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.pad):
             x = torch.nn.functional.pad(x, self.pad)
-        return torch.nn.functional.pixel_shuffle(self.conv(x), self.stride)
+        y = self.conv(x)
+        return y if self.emit_phases else torch.nn.functional.pixel_shuffle(y, self.stride)
 
     @classmethod
     def waste_free(cls, m: nn.Module) -> bool:

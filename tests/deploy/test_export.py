@@ -150,6 +150,51 @@ def test_argmax_forms_agree_with_ties():
         ArgmaxHead(torch.nn.Identity(), "topk")
 
 
+def test_argmax_on_subpixel_phases_equals_argmax_of_shuffled_logits(tmp_path):
+    """A model ending in a SubPixelConv2d gets its argmax on the conv's phase channels and only the uint8
+    labels shuffled: torch's labels for every form, ties included; with an op after that conv (or no example)
+    the head takes the argmax on the logits; the ONNX graph interleaves uint8 (DepthToSpace after the argmax),
+    and ONNX Runtime and OpenVINO return the same labels."""
+    from rtseg.deploy.exporter import ArgmaxHead, final_subpixel
+    from rtseg.nn.fuse import SubPixelConv2d
+
+    sub = SubPixelConv2d.from_transposed(torch.nn.ConvTranspose2d(4, 5, 2, stride=2))
+    with torch.no_grad():  # few distinct logits: many ties between classes
+        sub.conv.weight.copy_(torch.randint(-1, 2, sub.conv.weight.shape).float())
+        sub.conv.bias.zero_()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), sub).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randint(0, 2, model[0].weight.shape).float())
+    x = torch.randint(0, 3, (2, 3, 6, 8)).float()
+    with torch.no_grad():
+        want = model(x).argmax(1).to(torch.uint8)
+    assert final_subpixel(model, x) == "1"
+    for form in ("argmax", "max_equal", "running_max"):
+        head = ArgmaxHead(model, form, example=x)
+        assert head.phases_of == "1"
+        with torch.no_grad():
+            got = head(x)
+        assert got.dtype == torch.uint8 and torch.equal(got, want), form
+        assert not sub.emit_phases  # the switch is only on while the head runs
+    after = torch.nn.Sequential(model, torch.nn.ReLU()).eval()
+    assert final_subpixel(after, x) is None and ArgmaxHead(after, example=x).phases_of is None
+    assert ArgmaxHead(model).phases_of is None
+
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(ArgmaxHead(model, "running_max", example=x[:1]), (x[:1],), str(path), opset_version=17,
+                      dynamo=False, input_names=["image"], output_names=["labels"])
+    nodes = onnx.load(str(path)).graph.node
+    d2s = [i for i, n in enumerate(nodes) if n.op_type == "DepthToSpace"]
+    assert len(d2s) == 1 and any(n.op_type == "Where" for n in nodes[: d2s[0]])  # the argmax runs before it
+    ort = pytest.importorskip("onnxruntime")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x[:1].numpy()})[0]
+    np.testing.assert_array_equal(got, want[:1].numpy())
+    ov = pytest.importorskip("openvino")
+    got = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x[:1].numpy())[0]
+    np.testing.assert_array_equal(got, want[:1].numpy())
+
+
 def test_openvino_argmax_export_is_running_max(tmp_path):
     ov = pytest.importorskip("openvino")
     model = create_model("essnet_dg2s", num_classes=5).eval()

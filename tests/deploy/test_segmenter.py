@@ -344,8 +344,9 @@ def test_int8_openvino_smooth_quant_on_convs(model, monkeypatch):
 def test_int8_openvino_subpixel_output_conv_in_float(model, monkeypatch):
     """INT8_SUBPIXEL: the int8 OpenVINO graph writes the kernel = stride output conv as Conv -> DepthToSpace
     with no quantizer in front of that conv (kept in float like every transposed conv), the other transposed
-    convs stay ConvolutionBackpropData, the recorded float modules do not change, and the labels match the
-    plain int8 graph's where the two quantizations agree (almost everywhere)."""
+    convs stay ConvolutionBackpropData, the argmax runs before the DepthToSpace (uint8 labels interleaved), the
+    recorded float modules do not change, and the labels match the plain int8 graph's where the two
+    quantizations agree (almost everywhere)."""
     pytest.importorskip("nncf")
     from rtseg.deploy import quantize as qz
 
@@ -358,12 +359,12 @@ def test_int8_openvino_subpixel_output_conv_in_float(model, monkeypatch):
     on = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True,
                    int8_keep_float=[])
     d2s = [op for op in ops(on).values() if op.get_type_name() == "DepthToSpace"]
-    assert len(d2s) == 1 and "output_conv" in d2s[0].get_friendly_name()
-    conv = d2s[0].input_value(0).get_node()
-    while conv.get_type_name() not in ("Convolution", "GroupConvolution"):  # through the bias Add
-        conv = conv.input_value(0).get_node()
-    assert "output_conv" in conv.get_friendly_name()
-    assert all(conv.input_value(i).get_node().get_type_name() != "FakeQuantize" for i in range(2))
+    # one DepthToSpace, on the uint8 labels: the argmax runs on the output conv's phases (ArgmaxHead)
+    assert len(d2s) == 1 and d2s[0].get_input_element_type(0).get_type_name() == "u8"
+    conv = [op for op in ops(on).values() if op.get_type_name() == "Convolution"
+            and "output_conv" in op.get_friendly_name()]
+    assert len(conv) == 1 and conv[0].get_output_partial_shape(0)[1].get_length() == 4 * 5  # 5 classes x 4 phases
+    assert all(conv[0].input_value(i).get_node().get_type_name() != "FakeQuantize" for i in range(2))
     assert sum(op.get_type_name() == "ConvolutionBackpropData" for op in ops(on).values()) == 2  # the UPS blocks
     assert on.int8_keep_float == []
     monkeypatch.setattr(qz, "INT8_SUBPIXEL", False)
