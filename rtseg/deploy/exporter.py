@@ -242,7 +242,7 @@ def _check_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> None:
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (512, 1024),
                 opset: int = DEFAULT_OPSET, dynamic: bool = False, argmax: bool = False,
                 fold: bool = False, dynamic_batch: bool = False, argmax_form: str = "argmax",
-                meta: dict[str, Any] | None = None, subpixel: bool = False) -> Path:
+                meta: dict[str, Any] | None = None, subpixel: bool = False, phase_pool: bool = False) -> Path:
     """Write ``model`` (eval mode) as ONNX to ``path`` atomically.
 
     Graph input ``image``: ``B x 3 x H x W`` float32 RGB in [0, 1] (normalisation is inside the graph);
@@ -251,7 +251,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     ``size_divisor``); ``dynamic_batch=True`` only the batch. ``fold=True`` exports :func:`deploy_model`
     of ``model`` (``export`` always does). ``argmax_form`` picks how the argmax is written (:data:`ARGMAX_FORMS`).
     ``meta``: extra :func:`graph_metadata` entries (e.g. ``source_sha256``). ``subpixel`` (with ``fold``): see
-    :func:`deploy_model`.
+    :func:`deploy_model`. ``phase_pool``: the 2x2 max-pools of the image as phases -> ``ReduceMax``
+    (:func:`rtseg.nn.fuse.image_pools_to_phase_max`, exact; the OpenVINO int8 graphs' form).
     """
     _check_exportable(model)
     if opset < 17:
@@ -260,6 +261,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     src = model
     model = deploy_model(model, subpixel=subpixel) if fold else model.eval()
     x = _example(size)
+    if phase_pool:
+        from rtseg.nn.fuse import image_pools_to_phase_max
+
+        model = image_pools_to_phase_max(model, x, inplace=fold)[0]  # a copy of a model that is not ours
     net = ArgmaxHead(model, argmax_form, example=x if ARGMAX_ON_PHASES else None) if argmax else model
     out_name = "labels" if argmax else "logits"
     axes = ({"image": {0: "batch", 2: "height", 3: "width"}, out_name: {0: "batch", 1 + (not argmax): "height",

@@ -294,13 +294,13 @@ class Segmenter:
 
         return TorchBackend(deploy_model(self.model), self.precision, self.threads, self.graph_argmax)
 
-    def _onnx(self, subpixel: bool = False) -> Path:
+    def _onnx(self, subpixel: bool = False, phase_pool: bool = False) -> Path:
         from rtseg.deploy.exporter import OPENVINO_ARGMAX_FORM, export_onnx
 
         return export_onnx(self.model, Path(self._tmp) / "model.onnx", size=self.export_size(),
                            dynamic=self.size is None, dynamic_batch=True, fold=True, argmax=self.graph_argmax,
                            argmax_form=OPENVINO_ARGMAX_FORM if self.backend == "openvino" else "argmax",
-                           subpixel=subpixel)
+                           subpixel=subpixel, phase_pool=phase_pool)
 
     def _build_onnxruntime(self, calib: list[np.ndarray] | None) -> Backend:
         from rtseg.deploy.backends import _ort
@@ -315,12 +315,14 @@ class Segmenter:
 
     def _build_openvino(self, calib: list[np.ndarray] | None) -> Backend:
         from rtseg.deploy.backends import _ov
-        from rtseg.deploy.quantize import INT8_SUBPIXEL
+        from rtseg.deploy.quantize import INT8_PHASE_POOL, INT8_SUBPIXEL
 
         # int8: the kernel = stride transposed convs as Conv2d -> DepthToSpace (exact), kept in float like every
         # transposed conv (the type rule); the int8 ESSNet-DG2S graph runs 1.06-1.14x faster (docs/deploy.md)
         subpixel = self._subpixel_modules() if calib is not None and INT8_SUBPIXEL else []
-        ir = _ov().convert_model(str(self._onnx(subpixel=bool(subpixel))))
+        # and the image's 2x2 max-pools as phases -> ReduceMax (exact; no 16-channel reorder of the image)
+        ir = _ov().convert_model(str(self._onnx(subpixel=bool(subpixel),
+                                                phase_pool=calib is not None and INT8_PHASE_POOL)))
         if self.size is not None:  # fully static graph at batch 1: the fastest form for the CPU plugin
             ir.reshape([1, 3, *self.size])
         if calib is not None:

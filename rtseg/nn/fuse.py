@@ -303,3 +303,55 @@ def transposed_to_subpixel(model: nn.Module, inplace: bool = False,
     for n in names:
         _set(model, n, SubPixelConv2d.from_transposed(model.get_submodule(n)))
     return model, names
+
+
+class PhaseMaxPool2d(nn.Module):
+    """``MaxPool2d(2, stride=2)`` written as ``pixel_unshuffle(2)`` -> max over each channel's four phases
+    (exported as ``Reshape -> Transpose -> Reshape -> ReduceMax``): the same numbers on even-sized inputs.
+
+    On a few-channel tensor (the image an ENet/ERFNet/ESSNet stem pools) OpenVINO's CPU plugin runs
+    ``MaxPool`` in its 16-channel blocked layout and first reorders the 3-channel image into it (5x the
+    bytes: ~4 ms of the int8 ESSNet-DG2S graph at 512x1024); the phase split reads the planar image as it is
+    (docs/deploy.md).
+    """
+
+    @staticmethod
+    def supports(m: nn.Module) -> bool:
+        """True for a plain 2x2 stride-2 ``MaxPool2d`` (no padding, dilation, ceil mode or indices)."""
+        def pair(v: object) -> tuple:
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+        return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2) and pair(m.stride) == (2, 2)
+                and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode
+                and not m.return_indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pixel_unshuffle(x, 2).unflatten(1, (x.shape[1], 4)).amax(2)
+
+
+def image_pools_to_phase_max(model: nn.Module, example: torch.Tensor, max_channels: int = 4,
+                             inplace: bool = False) -> tuple[nn.Module, list[str]]:
+    """Replace every 2x2 stride-2 ``MaxPool2d`` that sees at most ``max_channels`` channels of even height
+    and width on ``example`` (found with forward pre-hooks: the stems' pools of the image) by a
+    :class:`PhaseMaxPool2d`. Returns the model (a copy unless ``inplace``) and the replaced module names."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):  # a pre-hook returning None leaves the inputs as they are
+        def hook(_m: nn.Module, args: tuple) -> None:
+            seen.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if PhaseMaxPool2d.supports(m)]
+    if hooks:
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            for h in hooks:
+                h.remove()
+    names = [n for n, s in seen.items() if len(s) == 4 and s[1] <= max_channels and s[2] % 2 == 0 and s[3] % 2 == 0]
+    for n in names:
+        _set(model, n, PhaseMaxPool2d())
+    return model, names

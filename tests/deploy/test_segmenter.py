@@ -373,3 +373,28 @@ def test_int8_openvino_subpixel_output_conv_in_float(model, monkeypatch):
     assert not any(op.get_type_name() == "DepthToSpace" for op in ops(off).values())
     assert sum(op.get_type_name() == "ConvolutionBackpropData" for op in ops(off).values()) == 3
     assert (on.runtime.run(x) == off.runtime.run(x)).mean() > 0.9
+
+
+def test_int8_openvino_pools_the_image_as_space_to_depth(model, monkeypatch):
+    """INT8_PHASE_POOL: the int8 OpenVINO graph pools the image as phases -> ReduceMax (one MaxPool
+    fewer than with the switch off: the 16-channel downsampler keeps its MaxPool), the stem stays in float
+    and the labels are those of the graph with the MaxPool; fp32 graphs keep MaxPool."""
+    pytest.importorskip("nncf")
+    from rtseg.deploy import quantize as qz
+
+    calib = [bench_image((64, 96), seed=s) for s in range(3, 6)]
+    x = np.divide(bench_image((64, 96), seed=9).transpose(2, 0, 1)[None], np.float32(255), dtype=np.float32)
+
+    def types(seg):
+        return [op.get_type_name() for op in seg.runtime.ir.get_ordered_ops()]
+
+    on = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True)
+    red = [op for op in on.runtime.ir.get_ordered_ops() if op.get_type_name() == "ReduceMax"]
+    assert len(red) == 1 and "initial_block" in red[0].get_friendly_name()
+    assert red[0].input_value(0).get_node().get_type_name() != "FakeQuantize"  # the stem is float
+    monkeypatch.setattr(qz, "INT8_PHASE_POOL", False)
+    off = Segmenter(model, "openvino", "int8", size=(64, 96), calibration=calib, graph_argmax=True)
+    assert "ReduceMax" not in types(off) and types(off).count("MaxPool") == types(on).count("MaxPool") + 1
+    assert on.int8_keep_float == off.int8_keep_float
+    np.testing.assert_array_equal(on.runtime.run(x), off.runtime.run(x))
+    assert "ReduceMax" not in types(Segmenter(model, "openvino", "fp32", size=(64, 96)))

@@ -160,3 +160,27 @@ def test_subpixel_waste_free_only_where_no_tap_is_zero():
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(sub(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_phase_max_pool_equals_max_pool_and_replaces_only_image_pools():
+    """PhaseMaxPool2d gives MaxPool2d(2, 2)'s numbers (ties included); image_pools_to_phase_max replaces the
+    stem pools of the 3-channel image (ESSNet and ERFNet), not the 16-channel downsampler's, nor ENet's 3x3
+    stem pool, and the whole model's output is unchanged."""
+    from rtseg.nn.fuse import PhaseMaxPool2d, image_pools_to_phase_max
+
+    x = torch.randint(0, 3, (2, 3, 6, 10)).float()  # few values: tied maxima
+    assert torch.equal(PhaseMaxPool2d()(x), nn.MaxPool2d(2, 2)(x))
+    assert PhaseMaxPool2d.supports(nn.MaxPool2d(2))
+    for m in (nn.MaxPool2d(3, 2, 1), nn.MaxPool2d(2, 2, ceil_mode=True), nn.MaxPool2d(2, 2, return_indices=True),
+              nn.MaxPool2d(2, 1), nn.AvgPool2d(2)):
+        assert not PhaseMaxPool2d.supports(m)
+    img = torch.rand(1, 3, 64, 96)
+    for name, want in (("essnet_dg2s", ["encoder.initial_block.pool"]), ("erfnet", ["encoder.initial.pool"]),
+                       ("enet", [])):
+        model = create_model(name, num_classes=5).eval()
+        new, names = image_pools_to_phase_max(model, img)
+        assert names == want, name
+        assert sum(isinstance(m, PhaseMaxPool2d) for m in new.modules()) == len(want)
+        assert not any(isinstance(m, PhaseMaxPool2d) for m in model.modules())  # a copy
+        with torch.no_grad():
+            assert torch.equal(new(img), model(img)), name
