@@ -18,8 +18,7 @@ import numpy as np
 from rtseg.utils.logs import third_party_quiet
 
 __all__ = ["INT8_KEEP_FLOAT", "INT8_PHASE_POOL", "INT8_SMOOTH_QUANT", "INT8_SUBPIXEL", "FloatScopes",
-           "high_resolution_convs",
-           "quantize_onnx", "quantize_openvino", "quantized_ops"]
+           "high_resolution_convs", "quantize_onnx", "quantize_openvino", "quantized_ops"]
 
 #: Operator types int8 leaves in floating point (per runtime's op naming). Transposed convs: quantizing them
 #: (and so their input, per tensor) cost the trained ``essnet_dg2s_cs_camvid`` 20 mIoU points on CamVid val
@@ -200,7 +199,7 @@ INT8_SMOOTH_QUANT = 0.5
 #: faster in two interleaved A/Bs (docs/deploy.md). fp32 graphs keep ``ConvTranspose`` (measured: no gain there).
 INT8_SUBPIXEL = True
 
-#: OpenVINO int8 graphs pool the image (the ENet/ERFNet/ESSNet stems' 2x2 max-pool of 3 channels) as
+#: OpenVINO int8 graphs pool the image (the ERFNet/ESSNet stems' 2x2 max-pool of 3 channels) as
 #: phases -> ``ReduceMax`` (:class:`rtseg.nn.fuse.PhaseMaxPool2d`, exact): the plugin's ``MaxPool``
 #: first reorders the 3-channel image into a 16-channel blocked layout. ESSNet-DG2S int8 at 512x1024: 1.03x,
 #: 1.10x and 1.15x faster in three exploratory interleaved A/Bs (docs/deploy.md).

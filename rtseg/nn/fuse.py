@@ -309,7 +309,7 @@ class PhaseMaxPool2d(nn.Module):
     """``MaxPool2d(2, stride=2)`` written as ``pixel_unshuffle(2)`` -> max over each channel's four phases
     (exported as ``Reshape -> Transpose -> Reshape -> ReduceMax``): the same numbers on even-sized inputs.
 
-    On a few-channel tensor (the image an ENet/ERFNet/ESSNet stem pools) OpenVINO's CPU plugin runs
+    On a few-channel tensor (the image an ERFNet/ESSNet stem pools) OpenVINO's CPU plugin runs
     ``MaxPool`` in its 16-channel blocked layout and first reorders the 3-channel image into it (5x the
     bytes: ~4 ms of the int8 ESSNet-DG2S graph at 512x1024); the phase split reads the planar image as it is
     (docs/deploy.md).
@@ -318,11 +318,10 @@ class PhaseMaxPool2d(nn.Module):
     @staticmethod
     def supports(m: nn.Module) -> bool:
         """True for a plain 2x2 stride-2 ``MaxPool2d`` (no padding, dilation, ceil mode or indices)."""
-        def pair(v: object) -> tuple:
-            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        from torch.nn.modules.utils import _pair
 
-        return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2) and pair(m.stride) == (2, 2)
-                and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode
+        return (type(m) is nn.MaxPool2d and _pair(m.kernel_size) == (2, 2) and _pair(m.stride) == (2, 2)
+                and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
                 and not m.return_indices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -375,7 +375,7 @@ def test_int8_openvino_subpixel_output_conv_in_float(model, monkeypatch):
     assert (on.runtime.run(x) == off.runtime.run(x)).mean() > 0.9
 
 
-def test_int8_openvino_pools_the_image_as_space_to_depth(model, monkeypatch):
+def test_int8_openvino_pools_the_image_in_phases(model, monkeypatch):
     """INT8_PHASE_POOL: the int8 OpenVINO graph pools the image as phases -> ReduceMax (one MaxPool
     fewer than with the switch off: the 16-channel downsampler keeps its MaxPool), the stem stays in float
     and the labels are those of the graph with the MaxPool; fp32 graphs keep MaxPool."""
