@@ -59,7 +59,7 @@ from rtseg.nn.grouping import gradual_setup, set_alpha
 from rtseg.nn.space_to_batch import SpaceToBatchDepthwise, restore, speed_up
 from rtseg.utils.checks import plain_worker_errors
 from rtseg.utils.io import remove_stale_temps
-from rtseg.utils.machine import cpu_name
+from rtseg.utils.machine import cpu_name, cpu_supports_bf16
 from rtseg.utils.progress import tqdm
 
 __all__ = ["MAX_BAD_STEPS", "has_dilated_depthwise", "train"]
@@ -144,6 +144,7 @@ class _Run:
     last_encoder_lr: float = 0.0  # and of param group 1 (the encoder's, when it has its own group)
     last_nonfinite: str = ""  # what went non-finite in the last skipped step
     hardware: str = ""  # what computes the epochs (written into every log line)
+    amp: bool = False  # mixed precision in effect (cfg.amp where the hardware has it: :func:`_amp`)
     stopped: str | None = None  # why the run ended before its last epoch (a plateau), if it did
 
     @property
@@ -256,7 +257,8 @@ def _setup(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> _Run:
         # in bf16 + NHWC); the same conv on the dilation**2 phase sub-grids runs fast, correct dilation-1
         # kernels. Swapped back before the model is returned (checkpoints hold only the state_dict anyway).
         speed_up(model)
-    channels_last = _channels_last(cfg, model, device, d)
+    amp = _amp(cfg, device, d)
+    channels_last = _channels_last(cfg, model, device, d, amp)
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
@@ -280,10 +282,22 @@ def _setup(cfg: TrainConfig, state: dict[str, Any] | None, d: DistInfo) -> _Run:
             f"{cfg.dataset}/{cfg.train_split} has {len(train_ds)} samples: fewer than "
             f"batch_size={cfg.batch_size} x {d.world} process(es), so an epoch has no step"
         )
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     return _Run(cfg, d, device, run_dir, train_ds, val_ds, num_classes, class_names, model, net, alpha_at,
                 channels_last, weights, criterion, ema, sampler, train_loader, val_loader, steps, scaler,
-                hardware=_hardware(device, cfg.amp, d.world))
+                hardware=_hardware(device, amp, d.world), amp=amp)
+
+
+def _amp(cfg: TrainConfig, device: torch.device, d: DistInfo) -> bool:
+    """``cfg.amp`` where it pays: fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16 / AMX). Elsewhere
+    bf16 is emulated -- ~3x slower than fp32 for an ESSNet step on an AVX2-only EPYC -- so those epochs run
+    in fp32 (the log's ``hardware`` says so per epoch; the config, and so a resume elsewhere, keeps amp on)."""
+    if not cfg.amp or device.type != "cpu" or cpu_supports_bf16():
+        return cfg.amp
+    if d.main:
+        print("note: amp: this CPU has no native bf16 (bf16 autocast would be emulated, ~3x slower): "
+              "training in fp32", flush=True)
+    return False
 
 
 def _hardware(device: torch.device, amp: bool, world: int) -> str:
@@ -303,8 +317,8 @@ def has_dilated_depthwise(model: nn.Module) -> bool:
     )
 
 
-def _channels_last(cfg: TrainConfig, model: nn.Module, device: torch.device, d: DistInfo) -> bool:
-    if cfg.channels_last and cfg.amp and device.type == "cpu" and has_dilated_depthwise(model):
+def _channels_last(cfg: TrainConfig, model: nn.Module, device: torch.device, d: DistInfo, amp: bool) -> bool:
+    if cfg.channels_last and amp and device.type == "cpu" and has_dilated_depthwise(model):
         # torch 2.13 CPU (oneDNN): bf16 + channels_last computes wrong weight gradients for dilated
         # depthwise convs (10x too small, or ~1e19 -> inf); see docs/training.md. NCHW is correct.
         if d.main:
@@ -455,7 +469,7 @@ def _train_step(run: _Run, stage: _Stage, images: torch.Tensor, labels: torch.Te
     if stage.encoder_only:
         y = downsample_label(y, int(getattr(run.model, "output_stride", 8)), cfg.encoder_target,
                              cfg.ignore_index, run.num_classes)
-    with autocast(run.device, cfg.amp):
+    with autocast(run.device, run.amp):
         logits = run.net(x, encoder_only=stage.encoder_only)
         loss = run.criterion(logits, y)
     run.scaler.scale(loss).backward()
@@ -535,7 +549,7 @@ def _validate(run: _Run, stage: _Stage) -> dict[str, Any]:
     cfg = run.cfg
     metrics = SegMetrics(run.num_classes, ignore_index=cfg.ignore_index, class_names=run.class_names)
     with plain_worker_errors():
-        return evaluate_batches(run.eval_model, run.val_loader, metrics, device=run.device, amp=cfg.amp,
+        return evaluate_batches(run.eval_model, run.val_loader, metrics, device=run.device, amp=run.amp,
                                 encoder_only=stage.encoder_only, encoder_target=cfg.encoder_target,
                                 channels_last=run.channels_last)
 

@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_flags", "cpu_name", "machine_info"]
+__all__ = ["cpu_flags", "cpu_name", "cpu_supports_bf16", "machine_info"]
 
 #: ISA extensions that change which kernels (and so which speeds) a CPU gets
 ISA_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -41,6 +41,20 @@ def cpu_name() -> str:
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (empty where ``/proc/cpuinfo`` is not available)."""
     return _cpuinfo()[1]
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16). Without it bf16 is emulated:
+    bf16 inference is refused and bf16 autocast training is slower than fp32 (ESSNet-D, batch 4 at 360x480
+    on a 2-vCPU AMD EPYC without AVX-512: ~9.0 s a step in bf16 autocast against 2.1-3.5 s in fp32)."""
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        return True
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (ImportError, AttributeError, RuntimeError):
+        return False
 
 
 def _version(module: str) -> str | None:

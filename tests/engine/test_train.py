@@ -534,6 +534,26 @@ def test_plateau_stop_ends_the_run_and_resume_keeps_it_ended(tmp_path: Path, mon
         rtseg.train(**BASE, epochs=3, plateau_stop_epochs=2, val_split=None, out=str(tmp_path / "nv"))
 
 
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_amp_on_cpu_is_bf16_only_where_the_cpu_has_it(native_bf16: bool, tmp_path: Path, monkeypatch, capsys) -> None:
+    """amp=True autocasts to bf16 on a CPU with native bf16; elsewhere (emulated bf16, ~3x slower than fp32)
+    the epochs run in fp32, the log's hardware says so, and the config keeps amp on for a resume elsewhere."""
+    from rtseg.engine import trainer
+
+    _val_len8(monkeypatch)
+    monkeypatch.setattr(trainer, "cpu_supports_bf16", lambda: native_bf16)
+    seen: list[bool] = []
+    real = trainer.autocast
+    monkeypatch.setattr(trainer, "autocast", lambda device, enabled: seen.append(enabled) or real(device, enabled))
+    out = tmp_path / "amp"
+    r = rtseg.train(**{**BASE, "amp": True}, epochs=1, out=str(out))
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert seen and set(seen) == {native_bf16}
+    assert line["hardware"].endswith("bf16 autocast" if native_bf16 else "fp32")
+    assert ("no native bf16" in capsys.readouterr().out) is not native_bf16
+    assert r["config"]["amp"] is True
+
+
 def test_vertical_flip_and_its_random_stream() -> None:
     """vflip (ESSNet thesis §3.4.1) turns image and label upside down; vflip=0 leaves the old random stream."""
     img = torch.arange(2 * 6 * 8, dtype=torch.uint8).view(2, 6, 8)
