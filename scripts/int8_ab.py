@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logits-argmax-too", action="store_true",
                    help="also time the default int8 with the in-graph argmax on the full-resolution logits "
                         "(exporter.ARGMAX_ON_PHASES off)")
+    p.add_argument("--no-phase-pool-too", action="store_true",
+                   help="also time the default int8 with the image max-pools left as MaxPool "
+                        "(quantize.INT8_PHASE_POOL off)")
     p.add_argument("--keep-float", action="append", default=[], metavar="NAME=MOD1,MOD2",
                    help="also time int8 with exactly these modules in float, as path rtseg-int8-NAME (repeatable)")
     p.add_argument("--json", type=Path, default=None)
@@ -106,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                 runners["rtseg-int8-logits-argmax"] = int8().runtime.run
             finally:
                 ex.ARGMAX_ON_PHASES = True
+        if a.no_phase_pool_too:
+            from rtseg.deploy import quantize as qz
+
+            qz.INT8_PHASE_POOL = False
+            try:
+                runners["rtseg-int8-no-phase-pool"] = int8().runtime.run
+            finally:
+                qz.INT8_PHASE_POOL = True
         for spec in a.keep_float:  # other float-module rules, in the same A/B
             tag, _, mods = spec.partition("=")
             runners[f"rtseg-int8-{tag}"] = int8(int8_keep_float=[m for m in mods.split(",") if m]).runtime.run

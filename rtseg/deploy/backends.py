@@ -20,8 +20,10 @@ import importlib.util
 import json
 import os
 import tempfile
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from torch import nn
 
 from rtseg.deploy.artifact import ARTIFACT_SUFFIXES, ArtifactInfo, read_metadata
 from rtseg.utils.io import atomic_open
-from rtseg.utils.machine import cpu_flags
+from rtseg.utils.machine import cpu_supports_bf16  # re-exported by rtseg.deploy
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "OnnxRuntimeBackend", "OpenVINOBackend", "TorchBackend",
            "available_backends", "open_artifact", "resolve_backend"]
@@ -40,16 +42,6 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 #: ``backend="auto"`` takes the first installed of these: fastest first on the CPUs measured (docs/deploy.md)
 AUTO_ORDER = ("openvino", "onnxruntime", "torch")
 _MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), which bf16 inference needs."""
-    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def available_backends() -> list[str]:
@@ -107,6 +99,12 @@ class Backend:
             self.run(xb)
             done += batch
         return done / (time.perf_counter() - t0)
+
+    def concurrent(self, streams: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A run function that ``streams`` threads may call at once, each request on its own share of the
+        :attr:`threads` (OpenVINO streams); None where this runtime has no such form (then callers run one
+        request at a time through :meth:`run`)."""
+        return None
 
     def save(self, path: str | os.PathLike, meta: dict[str, str]) -> Path:
         """Write the graph with rtseg ``meta`` (string pairs, :func:`rtseg.deploy.graph_metadata`) to ``path``
@@ -303,6 +301,30 @@ class OpenVINOBackend(Backend):
             if p.status == p.Status.EXECUTED:
                 acc[f"{p.node_type}:{p.exec_type.split('_')[0]}"] += p.real_time.total_seconds() * 1e3
         return _sorted_ms(acc)
+
+    def concurrent(self, streams: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The graph compiled again with ``streams`` CPU streams over the same :attr:`threads` (each stream
+        ``threads // streams`` threads, its own infer request per calling thread), so ``streams`` frames run
+        at once with no intra-op synchronisation between the cores: the video pipeline's form. None for
+        ``streams < 2`` or fewer threads than streams."""
+        streams = int(streams)
+        if streams < 2 or self.threads < streams:
+            return None
+        ov = _ov()
+        compiled = ov.Core().compile_model(self.ir, "CPU", self._config("THROUGHPUT", NUM_STREAMS=streams))
+        local = threading.local()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            req = getattr(local, "request", None)
+            if req is None:
+                req = local.request = compiled.create_infer_request()
+            if self.batch1 and batch.shape[0] != 1:
+                return np.concatenate([run(batch[i : i + 1]) for i in range(batch.shape[0])])
+            req.infer({0: batch})
+            return req.get_output_tensor(0).data.copy()
+
+        run.compiled = compiled  # type: ignore[attr-defined]  # kept alive with the function
+        return run
 
     def throughput(self, x: np.ndarray, batch: int, seconds: float) -> float:
         """OpenVINO's THROUGHPUT hint with an async request queue (``batch`` is not used)."""

@@ -68,6 +68,9 @@ class PredictSummary:
     #: the time the graph ran (ms, summed), and the graph's own FPS measured alone on a frame after a video
     infer_ms: float = 0.0
     graph_fps: float | None = None
+    #: videos run with ``streams`` parallel requests (:meth:`Segmenter.concurrent`): that form's own FPS alone
+    streams: int = 1
+    graph_fps_streams: float | None = None
 
     @property
     def fps(self) -> float:
@@ -259,19 +262,27 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
     return _END
 
 
-def run_pipeline(frames: Iterator[np.ndarray], infer: Any, sink: Any, depth: int = 4) -> int:
-    """Decode -> infer -> sink, overlapped: ``frames`` is iterated in a thread, ``infer(image)`` runs here,
-    ``sink(index, image, labels)`` in a second thread; queues hold at most ``depth`` frames. Returns the
-    number of frames sunk. Frame order is kept (one thread per stage, FIFO queues) and no frame is dropped
-    (a full queue blocks its producer); an error in any stage stops the others and is raised here."""
+def run_pipeline(frames: Iterator[np.ndarray], infer: Any, sink: Any, depth: int = 4, workers: int = 1) -> int:
+    """Decode -> infer -> sink, overlapped: ``frames`` is iterated in a thread, ``infer(image)`` runs here
+    (and, with ``workers > 1``, in ``workers - 1`` more threads at once: ``infer`` must then be thread-safe,
+    e.g. :meth:`Segmenter.concurrent`), ``sink(index, image, labels)`` in a final thread. At most ``depth +
+    workers`` frames are in flight between decode and sink. Returns the number of frames sunk. Frame order is
+    kept (the sink thread re-orders what parallel workers finish out of order; one worker over FIFO queues
+    is in order already) and no frame is dropped (a full pipeline blocks the decoder); an error in any stage
+    stops the others and is raised here."""
+    workers = max(1, int(workers))
     q_in: queue.Queue = queue.Queue(maxsize=depth)
-    q_out: queue.Queue = queue.Queue(maxsize=depth)
+    q_out: queue.Queue = queue.Queue()  # bounded by ``slots``
+    slots = threading.BoundedSemaphore(depth + workers)  # frames decoded but not yet sunk
     stop = threading.Event()
     count = [0]
 
     def decode() -> None:
         try:
             for i, image in enumerate(frames):
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
                 if not _put(q_in, (i, image), stop):
                     return
         except BaseException:
@@ -280,25 +291,44 @@ def run_pipeline(frames: Iterator[np.ndarray], infer: Any, sink: Any, depth: int
         _put(q_in, _END, stop)
 
     def encode() -> None:
+        pending: dict[int, tuple] = {}
+        ended = 0
         try:
-            while (item := _get(q_out, stop)) is not _END:
-                sink(*item)
-                count[0] += 1
+            while ended < workers:
+                item = _get(q_out, stop)
+                if item is _END:
+                    if stop.is_set():
+                        return
+                    ended += 1
+                    continue
+                pending[item[0]] = item
+                while count[0] in pending:
+                    sink(*pending.pop(count[0]))
+                    count[0] += 1
+                    slots.release()
+            if pending:  # cannot happen: every decoded frame is inferred once; guard the order promise
+                raise RuntimeError(f"video pipeline: frames {sorted(pending)} finished without frame {count[0]}")
+        except BaseException:
+            stop.set()
+            raise
+
+    def work() -> None:
+        try:
+            while (item := _get(q_in, stop)) is not _END:
+                if not _put(q_out, (item[0], item[1], infer(item[1])), stop):
+                    return
+            _put(q_in, _END, stop)  # for the next worker
+            _put(q_out, _END, stop)
         except BaseException:
             stop.set()
             raise
 
     stages = [_Stage(decode, "rtseg-decode"), _Stage(encode, "rtseg-encode")]
+    stages += [_Stage(work, f"rtseg-infer-{k}") for k in range(1, workers)]
     for t in stages:
         t.start()
     try:
-        while (item := _get(q_in, stop)) is not _END:
-            if not _put(q_out, (item[0], item[1], infer(item[1])), stop):
-                break
-        _put(q_out, _END, stop)
-    except BaseException:
-        stop.set()
-        raise
+        work()
     finally:
         for t in stages:
             t.join()
@@ -321,6 +351,32 @@ def _graph_fps(seg: Segmenter, image: np.ndarray, runs: int = 20) -> float:
         if k >= 3:
             times.append(time.perf_counter() - t0)
     return 1.0 / sorted(times)[len(times) // 2]
+
+
+def _graph_fps_concurrent(seg: Segmenter, image: np.ndarray, run: Any, workers: int, frames: int = 60) -> float:
+    """The concurrent graph's own FPS: ``workers`` threads run ``run`` on ``image`` (pre-processed once) at
+    once, ``frames`` runs in all after a warm-up each."""
+    import torch
+
+    x = torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1)[None].float().div_(255.0)
+    xin = np.ascontiguousarray(seg.preprocess(x, seg.size)[0].numpy())
+    each = max(1, frames // workers)
+    go = threading.Barrier(workers + 1)
+
+    def loop() -> None:
+        run(xin)
+        go.wait()
+        for _ in range(each):
+            run(xin)
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    go.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return each * workers / (time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------- predict
@@ -346,6 +402,7 @@ class _Run:
             from rtseg.utils.progress import tqdm
 
             self.bar = tqdm(total=n_images or None, unit="img", desc="predict", dynamic_ncols=True)
+        self.concurrent: dict[int, tuple[Any, int]] = {}  # videos: streams -> (infer, workers), built once
         self.start = time.perf_counter()
 
     def unique(self, stem: str) -> str:  # two sources named a.png in different folders must not overwrite
@@ -419,9 +476,16 @@ class _Run:
             self.bar.refresh()
         self.last = None
         error: BaseException | None = None
+        streams = self.opts["streams"]
+        if streams is None:  # a file: throughput (two frames at once); a camera: each frame's latency
+            streams = 1 if src.kind == "camera" else 2
+        if streams not in self.concurrent:
+            self.concurrent[streams] = self.seg.concurrent(streams)
+        infer, workers = self.concurrent[streams]
+        self.summary.streams = max(self.summary.streams, workers)
         try:
-            run_pipeline(iter(frames), self.seg.predict, self._sink(stem, frames.fps, writers),
-                         depth=self.opts["queue"])
+            run_pipeline(iter(frames), infer, self._sink(stem, frames.fps, writers),
+                         depth=self.opts["queue"], workers=workers)
         except BaseException as e:
             error = e
             raise
@@ -458,6 +522,7 @@ def predict(
     queue_depth: int = 4,
     graph_argmax: bool = True,
     video_preset: str = "ultrafast",
+    streams: int | None = None,
     **segmenter_kw: Any,
 ) -> PredictSummary:
     """Segment ``sources`` and write label PNGs / overlays / videos into ``out_dir``.
@@ -471,7 +536,11 @@ def predict(
     ``graph_argmax`` (default on; predict writes labels, never scores): a checkpoint's graph returns uint8
     labels, which skips the logits' copy and the front's argmax per frame (the same labels at the model's own
     size; with ``size`` the labels of a resized image are resized back nearest-neighbour); an exported
-    artifact keeps the output it was written with.
+    artifact keeps the output it was written with. ``streams`` (videos and cameras): frames inferred at once
+    on the graph compiled for that many parallel requests over the same threads (OpenVINO streams,
+    :meth:`Segmenter.concurrent`; other runtimes run one at a time), re-ordered before the sink; default
+    ``None``: 2 for video files (1.2x the end-to-end FPS of one request on all threads here, docs/deploy.md),
+    1 for cameras (a frame's latency is lowest on all threads at once).
     Returns a :class:`PredictSummary` (``backend``/``precision`` say what ran; ``graph_fps``: the graph
     alone, measured after the last video).
     """
@@ -487,7 +556,7 @@ def predict(
     remove_stale_temps(out)  # what a killed predict left (its outputs are written under temp names)
     opts = {"overlay": overlay, "side_by_side": side_by_side, "save_frames": save_frames, "alpha": alpha,
             "queue": max(1, int(queue_depth)),
-            "preset": video_preset}
+            "preset": video_preset, "streams": None if streams is None else max(1, int(streams))}
     run = _Run(seg, out, opts, progress, sum(s.kind == "image" for s in items))
     seg.reset_speed()
     run.graph_image = None
@@ -498,4 +567,8 @@ def predict(
         run.close()
     if run.graph_image is not None:
         run.summary.graph_fps = round(_graph_fps(seg, run.graph_image), 2)
+        parallel = [c for c in run.concurrent.values() if c[1] > 1]
+        if parallel:
+            run.summary.graph_fps_streams = round(_graph_fps_concurrent(
+                seg, run.graph_image, parallel[0][0].run, parallel[0][1]), 2)
     return run.summary

@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,7 @@ class Segmenter:
         self.threads = int(threads or os.cpu_count() or 1)
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.speed = {"pre": 0.0, "infer": 0.0, "post": 0.0, "images": 0}
+        self._speed_lock = threading.Lock()
         self.artifact: ArtifactInfo | None = None
         self._tmp = tempfile.mkdtemp(prefix="rtseg-segmenter-")
         self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmp, True)
@@ -400,40 +402,58 @@ class Segmenter:
             return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         return out[..., :h, :w]
 
-    def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_tensor(self, x: torch.Tensor, run: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
         """``B x 3 x H x W`` float RGB in [0, 1] -> ``B x C x H x W`` float32 logits at the same resolution
-        (with ``graph_argmax``: ``B x H x W`` uint8 labels)."""
+        (with ``graph_argmax``: ``B x H x W`` uint8 labels). ``run``: the graph's run function (default
+        ``self.runtime.run``; :meth:`concurrent` passes a thread-safe one)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected B x 3 x H x W, got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
         xin, resized = self.preprocess(x.float().contiguous(), self.size)
         t1 = time.perf_counter()
-        out = torch.from_numpy(np.ascontiguousarray(self.runtime.run(xin.numpy())))
+        out = torch.from_numpy(np.ascontiguousarray((run or self.runtime.run)(xin.numpy())))
         t2 = time.perf_counter()
         out = self.postprocess(out, h, w, resized)
-        sp = self.speed
-        sp["pre"] += (t1 - t0) * 1e3
-        sp["infer"] += (t2 - t1) * 1e3
-        sp["post"] += (time.perf_counter() - t2) * 1e3
-        sp["images"] += x.shape[0]
+        self._add_speed(pre=(t1 - t0) * 1e3, infer=(t2 - t1) * 1e3, post=(time.perf_counter() - t2) * 1e3,
+                        images=x.shape[0])
         return out
 
-    def _each(self, images: Any, labels: bool) -> Any:
+    def _add_speed(self, **parts: float) -> None:
+        with self._speed_lock:  # predict may run in several threads at once (:meth:`concurrent`)
+            for k, v in parts.items():
+                self.speed[k] += v
+
+    def _each(self, images: Any, labels: bool, run: Callable[[np.ndarray], np.ndarray] | None = None) -> Any:
         # paths, H x W [x C] arrays, PIL images, lists of them or B x H x W x 3 batches (rtseg.data.inputs)
         items, single = as_rgb_arrays(images), is_single(images)
         stacked = isinstance(images, np.ndarray) and images.ndim == 4
         outs = []
         for im in items:
-            out = self.forward_tensor(_to_tensor(im))[0]  # labels already with graph_argmax (logits() refuses)
+            out = self.forward_tensor(_to_tensor(im), run)[0]  # labels already with graph_argmax (logits() refuses)
             if labels and not self.graph_argmax:
                 t0 = time.perf_counter()
                 out = labels_of(out)
-                self.speed["post"] += (time.perf_counter() - t0) * 1e3
+                self._add_speed(post=(time.perf_counter() - t0) * 1e3)
             outs.append(out.numpy())
         if single:
             return outs[0]
         return np.stack(outs) if stacked else outs
+
+    def concurrent(self, streams: int) -> tuple[Callable[[Any], Any], int]:
+        """``(predict_fn, n)``: a :meth:`predict` that ``n`` threads may call at once, on the same graph
+        compiled for ``streams`` parallel requests over this Segmenter's threads (OpenVINO streams, each on
+        its share of the cores: no intra-op synchronisation, so frames keep the cores busy while other
+        stages run beside them -- :func:`rtseg.deploy.run_pipeline`'s ``workers``). Runtimes without such a
+        form, or ``streams < 2``, give ``(self.predict, 1)``. Compiles a second graph (about a second)."""
+        run = self.runtime.concurrent(streams)
+        if run is None:
+            return self.predict, 1
+        def predict(images: Any) -> Any:
+            return self._each(images, labels=True, run=run)
+
+        predict.run = run  # type: ignore[attr-defined]  # the graph alone (``predict``'s graph-FPS check)
+        return predict, int(streams)
 
     def predict(self, images: Any) -> Any:
         """``H x W x 3`` uint8 RGB (or a path, a PIL image, a grey / RGBA / float array) -> ``H x W`` uint8

@@ -190,6 +190,44 @@ def test_pipeline_keeps_order_and_every_frame():
         run_pipeline(bad_frames(), infer, lambda *a: None)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_pipeline_with_parallel_workers_keeps_order_and_bounds_frames_in_flight(workers):
+    """``workers`` inference threads finish frames out of order (random delays): the sink still gets every
+    frame once, in order, and no more than ``depth + workers`` frames are ever decoded but not yet sunk."""
+    rng = np.random.default_rng(workers)
+    delays = rng.random(300) * 0.004
+    seen, threads, decoded, peak = [], set(), [0], [0]
+    lock = threading.Lock()
+
+    def frames():
+        for i in range(300):
+            with lock:
+                decoded[0] += 1
+                peak[0] = max(peak[0], decoded[0] - len(seen))
+            yield i
+
+    def infer(x):
+        threads.add(threading.current_thread().name)
+        time.sleep(delays[x])
+        return -x
+
+    def sink(i, x, y):
+        with lock:
+            seen.append((i, x, y))
+
+    assert run_pipeline(frames(), infer, sink, depth=2, workers=workers) == 300
+    assert seen == [(i, i, -i) for i in range(300)]
+    assert len(threads) == workers and peak[0] <= 2 + workers + 1  # +1: the frame being yielded
+
+    def bad_infer(x):
+        if x == 40:
+            raise RuntimeError("graph failed")
+        return x
+
+    with pytest.raises(RuntimeError, match="graph failed"):
+        run_pipeline(iter(range(10**6)), bad_infer, lambda *a: None, depth=2, workers=workers)
+
+
 def test_video_pipeline_frame_count_and_order(ckpt, tmp_path):
     av = pytest.importorskip("av")
     clip = tmp_path / "clip.mp4"
@@ -202,7 +240,8 @@ def test_video_pipeline_frame_count_and_order(ckpt, tmp_path):
         for p in st.encode():
             c.mux(p)
     seg = Segmenter(ckpt, size=SIZE)
-    s = predict(seg, [clip], tmp_path / "o", overlay=True, save_frames=True, progress=False, queue_depth=2)
+    s = predict(seg, [clip], tmp_path / "o", overlay=True, save_frames=True, progress=False, queue_depth=2,
+                streams=1)
     assert s.frames == 24 and not s.skipped and s.graph_fps and s.graph_fps > 0
     with av.open(str(clip)) as c:
         decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -211,6 +250,12 @@ def test_video_pipeline_frame_count_and_order(ckpt, tmp_path):
         assert np.array_equal(got, seg.predict(im)), i
     with av.open(str(tmp_path / "o" / "clip_overlay.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 24
+    if seg.backend == "openvino" and seg.threads >= 2:  # two frames at once on two streams: same labels, in order
+        s2 = predict(seg, [clip], tmp_path / "o2", save_frames=True, progress=False, queue_depth=2, streams=2)
+        assert s2.frames == 24 and s2.streams == 2 and s2.graph_fps_streams and s2.graph_fps_streams > 0
+        for i in range(24):
+            a = np.asarray(Image.open(tmp_path / "o" / "clip_labels" / f"frame_{i:06d}.png"))
+            assert np.array_equal(np.asarray(Image.open(tmp_path / "o2" / "clip_labels" / f"frame_{i:06d}.png")), a), i
 
 
 def test_default_int8_rule_on_trained_weights(shared_dir):
