@@ -65,3 +65,18 @@ def test_writeup_needs_its_markers(study, tmp_path):
     with pytest.raises(SystemExit, match="markers"):
         study.write_writeup(md, tmp_path, tmp_path / "index.json", tmp_path / "f")
     assert md.read_text() == "no markers\n"
+
+
+def test_baseline_continuation_arm_replaces_the_shipped_baseline_row(study, tmp_path):
+    """erfnet_camvid as a study arm (the shipped scratch run continued): once it logs full-stage epochs its
+    row comes from its log (and still shows the shipped file's score); before that, from the index."""
+    index = {"erfnet_camvid": {"model": "erfnet", "val_miou": 0.554, "params": 2_063_000, "macs": 8.6e9}}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (row,) = study.study_rows(logs, index)
+    assert row["state"] == "shipped" and row["init"] == study.BASELINES["erfnet_camvid"]
+    _log(logs, "erfnet_camvid", [], [0.56, 0.59, 0.58])
+    (row,) = study.study_rows(logs, index)
+    assert row["init"] == study.INIT_LABEL["erfnet_camvid"] and row["best"] == pytest.approx(59.0)
+    assert row["epoch"] == 2 and row["state"] == "training" and row["shipped"] == pytest.approx(55.4)
+    assert row["model"] == "erfnet"
