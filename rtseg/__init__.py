@@ -15,8 +15,8 @@ from rtseg.nn.grouping import convert_to_deploy, make_gradual
 from rtseg.reporting import report
 
 __all__ = [
-    "SegmentationModel",
     "SegResult",
+    "SegmentationModel",
     "Segmenter",
     "__version__",
     "convert_to_deploy",

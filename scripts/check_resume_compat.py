@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 NEW = Path(__file__).resolve().parents[1]
-CFG = dict(model="essnet_dg2s", dataset="folder", class_weighting="none", crop=[48, 64], batch_size=4,
-           workers=0, progress=False, stages=["encoder", "full"], encoder_epochs=1, epochs=2, amp=True, ema=0.9)
+CFG = {"model": "essnet_dg2s", "dataset": "folder", "class_weighting": "none", "crop": [48, 64], "batch_size": 4,
+       "workers": 0, "progress": False, "stages": ["encoder", "full"], "encoder_epochs": 1, "epochs": 2, "amp": True,
+       "ema": 0.9}
 KILL = """
 import os, signal, sys, torch
 torch.set_num_threads(1)

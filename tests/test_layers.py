@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,7 @@ def test_module_level_imports_have_no_circle() -> None:
             if state.get(m) == 1:
                 cyc = stack[stack.index(m):] + [m]
                 # package -> own submodule -> package is how every `from rtseg.x.y import` starts; not a circle
-                if not all(b.startswith(a + ".") or a.startswith(b + ".") for a, b in zip(cyc, cyc[1:])):
+                if not all(b.startswith(a + ".") or a.startswith(b + ".") for a, b in itertools.pairwise(cyc)):
                     cycles.append(cyc)
             elif m not in state:
                 visit(m)
@@ -147,7 +148,7 @@ def test_package_root_holds_at_most_ten_modules() -> None:
 @pytest.mark.parametrize("limit", [100])
 def test_no_function_is_longer_than_the_limit(limit: int) -> None:
     long = []
-    for mod, (path, tree) in SOURCES.items():
+    for path, tree in SOURCES.values():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1

@@ -210,17 +210,21 @@ class _VideoWriter:
 
     def close(self, error: BaseException | None = None) -> None:
         """Finish the file and move it into place; with ``error`` (a failed run) remove it instead."""
+        own: BaseException | None = None
         try:
             if error is None:
                 for pkt in self.stream.encode():
                     self.container.mux(pkt)
             self.container.close()
-        except BaseException as e:
-            error = error or e
+        except BaseException as e:  # noqa: BLE001 -- raised below, once the temp file is removed
+            own = e
+        error = error or own
         if error is None:
             self._atomic.__exit__(None, None, None)
         else:
             self._atomic.__exit__(type(error), error, error.__traceback__)
+        if own is not None and own is error:  # finishing the file failed: the video was not written
+            raise own
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -491,10 +495,17 @@ class _Run:
             raise
         finally:
             frames.close()
+            failed: BaseException | None = None
             for w in writers.values():
-                w.close(error)  # a failed or interrupted video is removed, never left half-written
+                try:
+                    w.close(error)  # a failed or interrupted video is removed, never left half-written
+                except BaseException as e:  # noqa: BLE001 -- the others are still closed; raised below
+                    failed = failed or e
+                    continue
                 if error is None:
                     self.summary.outputs.append(str(w.path))
+            if failed is not None and error is None:
+                raise failed
         for msg in frames.bad:
             self.warn(msg)
         if self.last is not None:

@@ -25,7 +25,7 @@ from rtseg.models import create_model, list_models
 from rtseg.utils.checks import check_threads
 from rtseg.utils.timing import time_calls
 
-__all__ = ["Profile", "count_params", "count_flops", "peak_activation_bytes", "measure_latency", "profile_model"]
+__all__ = ["Profile", "count_flops", "count_params", "measure_latency", "peak_activation_bytes", "profile_model"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -68,7 +68,7 @@ def _to_meta(model: nn.Module) -> nn.Module | None:
         with torch.no_grad():
             m(torch.empty(1, 3, 64, 64, device="meta"))
         return m
-    except Exception:  # some ops have no meta kernel: fall back to real arithmetic
+    except Exception:  # noqa: BLE001 -- some ops have no meta kernel: fall back to real arithmetic
         return None
 
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from rtseg.data.base import IGNORE_INDEX
 from rtseg.utils.io import atomic_open
 
-__all__ = ["add_legend", "colorize", "overlay", "grid", "save_png", "save_label_png"]
+__all__ = ["add_legend", "colorize", "grid", "overlay", "save_label_png", "save_png"]
 
 VOID_COLOR = (0, 0, 0)
 

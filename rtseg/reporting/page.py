@@ -70,14 +70,14 @@ def _details(r: dict[str, Any], confusion: str) -> dict[str, Any]:
     t = r.get("train") or {}
     facts = [("checkpoint", r["checkpoint"]), ("architecture", r["architecture"]),
              ("evaluated on", f"{r['dataset']}/{r['split']}, {r['num_images']} images"),
-             ("params / MACs", f"{r['params']:,} / {r['macs']:,} at {r['size'][0]}x{r['size'][1]} "
-                               f"({r['profiled_form']})"),
+             ("params / MACs", (f"{r['params']:,} / {r['macs']:,} at {r['size'][0]}x{r['size'][1]} "
+                                f"({r['profiled_form']})")),
              ("val mIoU / pixel acc / mean class acc",
-              f"{fmt(r['miou'], '.2f', 100)} / {fmt(r['pixel_acc'], '.2f', 100)} / "
-              f"{fmt(r['mean_class_acc'], '.2f', 100)} %")]
+              (f"{fmt(r['miou'], '.2f', 100)} / {fmt(r['pixel_acc'], '.2f', 100)} / "
+               f"{fmt(r['mean_class_acc'], '.2f', 100)} %"))]
     if t:
-        facts.append(("training", f"stage {t.get('stage')}, best epoch {t.get('epoch')}, val mIoU at "
-                                  f"training time {fmt(t.get('val_miou'), '.2f', 100)} %"))
+        facts.append(("training", (f"stage {t.get('stage')}, best epoch {t.get('epoch')}, val mIoU at "
+                                   f"training time {fmt(t.get('val_miou'), '.2f', 100)} %")))
     per_class = [(n, fmt(v, ".2f", 100)) for n, v in r["per_class_iou"].items()]
     return {"label": r["label"], "facts": [(k, str(v)) for k, v in facts], "confusion": confusion,
             "per_class": per_class}

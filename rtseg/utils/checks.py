@@ -77,7 +77,7 @@ def plain_worker_errors() -> Iterator[None]:
     """Re-raise a ``DataLoader`` worker's error as the same one-line error it would have been in-process."""
     try:
         yield
-    except Exception as e:  # noqa: BLE001  (any type a worker can raise; re-raised as that type)
+    except Exception as e:
         line = worker_error_line(e)
         if line is None:
             raise

@@ -139,3 +139,37 @@ def test_video_preset_reaches_the_encoder(ckpt, tmp_path):
     with pytest.raises(ValueError, match="video_preset"):
         predict(ckpt, [str(src)], tmp_path / "bad", video_preset="warp", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_video_whose_encoder_fails_at_the_end_is_an_error_not_a_listed_output(ckpt, tmp_path, monkeypatch):
+    """A failure while finishing one video file (flushing the encoder, e.g. a full disk) is raised, that file
+    is removed, and the other video of the same source is still finished and listed."""
+    pytest.importorskip("av")
+    from rtseg.deploy import predictor
+
+    src = tmp_path / "clip.avi"
+    _make_video(src, n=4)
+    real_close = predictor._VideoWriter.close
+
+    class Failing:  # the real container, whose close then fails
+        def __init__(self, c):
+            self.c = c
+
+        def mux(self, pkt):
+            self.c.mux(pkt)
+
+        def close(self):
+            self.c.close()
+            raise OSError("No space left on device")
+
+    def close(self, error=None):
+        if self.path.name.endswith("_side.mp4") and error is None:
+            self.container = Failing(self.container)
+        return real_close(self, error)
+
+    monkeypatch.setattr(predictor._VideoWriter, "close", close)
+    out = tmp_path / "o"
+    with pytest.raises(OSError, match="No space left"):
+        predict(ckpt, [str(src)], out, overlay=True, side_by_side=True, progress=False)
+    assert not (out / "clip_side.mp4").exists() and (out / "clip_overlay.mp4").stat().st_size > 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp file left
