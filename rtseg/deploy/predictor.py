@@ -368,7 +368,11 @@ def _graph_fps_concurrent(seg: Segmenter, image: np.ndarray, run: Any, workers: 
     go = threading.Barrier(workers + 1)
 
     def loop() -> None:
-        run(xin)
+        try:
+            run(xin)
+        except BaseException:
+            go.abort()  # the caller's wait fails instead of hanging
+            raise
         go.wait()
         for _ in range(each):
             run(xin)
