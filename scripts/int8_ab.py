@@ -93,30 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         runners["rtseg-int8"] = q.runtime.run
         if a.no_float_too:  # the cost of the default rule's float modules, in the same A/B
             runners["rtseg-int8-no-float"] = int8(int8_keep_float=[]).runtime.run
-        if a.no_subpixel_too:
-            from rtseg.deploy import quantize as qz
+        from rtseg.deploy import exporter as ex
+        from rtseg.deploy import quantize as qz
 
-            qz.INT8_SUBPIXEL = False
+        # the default int8 with one of its rewrites switched off, in the same A/B: (asked, path, module, switch)
+        for asked, path, mod, switch in ((a.no_subpixel_too, "no-subpixel", qz, "INT8_SUBPIXEL"),
+                                         (a.logits_argmax_too, "logits-argmax", ex, "ARGMAX_ON_PHASES"),
+                                         (a.no_phase_pool_too, "no-phase-pool", qz, "INT8_PHASE_POOL")):
+            if not asked:
+                continue
+            setattr(mod, switch, False)
             try:
-                runners["rtseg-int8-no-subpixel"] = int8().runtime.run
+                runners[f"rtseg-int8-{path}"] = int8().runtime.run
             finally:
-                qz.INT8_SUBPIXEL = True
-        if a.logits_argmax_too:
-            from rtseg.deploy import exporter as ex
-
-            ex.ARGMAX_ON_PHASES = False
-            try:
-                runners["rtseg-int8-logits-argmax"] = int8().runtime.run
-            finally:
-                ex.ARGMAX_ON_PHASES = True
-        if a.no_phase_pool_too:
-            from rtseg.deploy import quantize as qz
-
-            qz.INT8_PHASE_POOL = False
-            try:
-                runners["rtseg-int8-no-phase-pool"] = int8().runtime.run
-            finally:
-                qz.INT8_PHASE_POOL = True
+                setattr(mod, switch, True)
         for spec in a.keep_float:  # other float-module rules, in the same A/B
             tag, _, mods = spec.partition("=")
             runners[f"rtseg-int8-{tag}"] = int8(int8_keep_float=[m for m in mods.split(",") if m]).runtime.run
