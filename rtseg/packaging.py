@@ -138,9 +138,11 @@ def record_int8_keep_float(name: str, modules: list[str], evidence: dict[str, An
     return index[name]
 
 
-def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_dir: Path | None = None) -> dict:
+def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_dir: Path | None = None,
+                   repeat: int = 1) -> dict:
     """Store ``rtseg.deploy.bench`` rows of shipped weights ``name`` in its index record (``latency_ms`` by
-    ``backend/precision``, with size, threads and the machine); the weights file itself is unchanged."""
+    ``backend/precision``, with size, threads, the machine and ``repeat``: how many runs the rows are the
+    median of); the weights file itself is unchanged."""
     d = weights_dir or WEIGHTS_DIR
     index = read_index(d)
     if name not in index:
@@ -154,7 +156,8 @@ def record_latency(name: str, rows: list[Any], machine: dict[str, Any], weights_
         "threads": rows[0].threads,
         "batch": 1,
         "statistic": "p50 after warm-up, deploy form" + (" with the argmax in the graph" if argmax else ""),
-        "machine": {k: machine.get(k) for k in ("cpu", "cores", "load_avg", "torch", "onnxruntime", "openvino")},
+        "repeat": repeat,
+        "machine": {k: machine.get(k) for k in ("cpu", "isa", "cores", "load_avg", "torch", "onnxruntime", "openvino")},
         "date": time.strftime("%Y-%m-%d"),
     }
     kept = sorted({m for r in deploy for m in getattr(r, "int8_keep_float", [])})

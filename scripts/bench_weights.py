@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.repeat > 1:
             print(f"{name}: median of {a.repeat} runs: "
                   + ", ".join(f"{r.backend}/{r.precision} {r.p50_ms:.1f} ms" for r in chosen), flush=True)
-        record_latency(name, chosen, machine_info())
+        record_latency(name, chosen, machine_info(), repeat=a.repeat)
     subprocess.run([sys.executable, str(REPO / "scripts" / "update_readme.py")], check=True)
     return 0
 

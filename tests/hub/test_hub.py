@@ -13,6 +13,8 @@ from rtseg.errors import CheckpointError
 from rtseg.hub import WEIGHTS_DIR, available_weights, resolve_weights, sha256, weights_info
 from rtseg.packaging import package_weights
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SYN = {"size": (48, 64), "length": 2}
 NAMES = ["sky", "building", "pole", "road", "sidewalk", "car", "pedestrian"]  # SyntheticStreet's classes
 
@@ -97,8 +99,29 @@ def test_record_latency_keeps_deploy_rows(packaged, graph_argmax) -> None:
     wdir, rec = packaged
     rows = benchmark([str(wdir / "tiny_syn.pt")], [(48, 64)], [("onnxruntime", "fp32")], warmup=0, runs=2,
                      throughput_seconds=0, baseline=True, graph_argmax=graph_argmax)
-    out = record_latency("tiny_syn", rows, machine_info(), weights_dir=wdir)
+    out = record_latency("tiny_syn", rows, machine_info(), weights_dir=wdir, repeat=3)
     assert list(out["latency_ms"]) == ["onnxruntime/fp32"]  # the baseline row is not a deploy latency
+    assert out["latency"]["repeat"] == 3 and "isa" in out["latency"]["machine"]
     assert out["latency_ms"]["onnxruntime/fp32"] == pytest.approx(rows[1].p50_ms, abs=0.01)
     assert ("argmax" in out["latency"]["statistic"]) == graph_argmax
     assert weights_info("tiny_syn", wdir)["sha256"] == rec["sha256"]
+
+
+def test_readme_latency_footnote_names_each_machine_from_the_records() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def rec(cpu, isa, date, repeat):
+        return {"latency": {"machine": {"cpu": cpu, "cores": 2, "isa": isa}, "threads": 2, "date": date,
+                            "repeat": repeat}}
+
+    one = mod.latency_provenance({"a": rec("EPYC", ["avx2"], "2026-12-02", 3), "b": rec("EPYC", ["avx2"], "2026-12-02", 3)})
+    assert one == "measured on EPYC (2 cores, avx2), 2 threads, 2026-12-02, median of 3 runs"
+    two = mod.latency_provenance({"a": rec("EPYC", ["avx2"], "2026-12-02", 3),
+                                  "b": rec("Xeon", ["avx2", "avx512_vnni"], "2026-11-22", 1), "c": {}})
+    assert "EPYC (2 cores, avx2), 2 threads, 2026-12-02, median of 3 runs: `a`" in two
+    assert "Xeon (2 cores, avx2/avx512_vnni), 2 threads, 2026-11-22, one run: `b`" in two and "`c`" not in two
+    assert mod.latency_provenance({"c": {}}) == "not measured"
